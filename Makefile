@@ -1,0 +1,45 @@
+# distillprep: `make demo` and `make test` are all a new user needs; each sets up .venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# nuscenes-devkit 1.2.0 pins numpy<2, a stale pin: it works with numpy 2. It goes in with
+# --no-deps; its real runtime dependencies are listed in pyproject.toml.
+NUSCENES_DEVKIT := nuscenes-devkit==1.2.0
+DEMO_OUT ?= demo_out
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: venv demo test test-slow bench lint clean
+
+venv: $(STAMP)
+
+# Installs only when pyproject.toml or this Makefile changed: a second run takes seconds.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools>=69" wheel
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(NUSCENES_DEVKIT)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/distillprep synth $(DEMO_OUT)/nuscenes --format nuscenes --scenes 2 --frames 6 \
+		--width 480 --height 270 --sweeps 1 --seed 0 --overwrite
+	$(BIN)/distillprep scenes $(DEMO_OUT)/nuscenes --dataset nuscenes
+	$(BIN)/distillprep preview $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
+		--frame 0 --out $(DEMO_OUT)/preview_scene-0001_frame0.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+bench: $(STAMP)
+	$(BIN)/python tests/bench.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Command line and Prefect flows: wiring only; the science lives in the stage packages."""

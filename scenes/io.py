@@ -1,0 +1,82 @@
+"""Reading sensor files with errors that name the scene, the file and what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import SceneDataError
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def check_jpeg_file(path: str, scene_id: str) -> None:
+    """Cheap integrity check without decoding: the file exists, is not empty, and has
+    JPEG start and end markers (a cut-off download lacks the end marker)."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise SceneDataError(scene_id, path, "image file is missing") from None
+    if size < 4:
+        raise SceneDataError(scene_id, path, f"image file is {size} bytes long: not a JPEG")
+    with open(path, "rb") as f:
+        start = f.read(2)
+        f.seek(-2, os.SEEK_END)
+        end = f.read(2)
+    if start != _JPEG_START:
+        raise SceneDataError(scene_id, path, "not a JPEG file (no start-of-image marker)")
+    if end != _JPEG_END:
+        raise SceneDataError(scene_id, path,
+                             f"truncated JPEG: no end-of-image marker ({size} bytes)")
+
+
+def read_jpeg(path: str, scene_id: str, expected_size: tuple[int, int] | None = None,
+              ) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB; expected_size is (W, H) if known."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            array = np.asarray(rgb)
+    except FileNotFoundError:
+        raise SceneDataError(scene_id, path, "image file is missing") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise SceneDataError(scene_id, path, f"cannot decode image: {exc}") from None
+    if expected_size is not None and (array.shape[1], array.shape[0]) != tuple(expected_size):
+        raise SceneDataError(scene_id, path, f"image is {array.shape[1]}x{array.shape[0]}, "
+                             f"the tables say {expected_size[0]}x{expected_size[1]}")
+    return array
+
+
+def read_pcd_bin(path: str, scene_id: str, values_per_point: int = 5,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """nuScenes `.pcd.bin`: float32 records of `values_per_point` values (x, y, z,
+    intensity, ring); returns points (N, 3) sensor frame and intensity (N,)."""
+    try:
+        raw = np.fromfile(path, dtype=np.float32)
+    except FileNotFoundError:
+        raise SceneDataError(scene_id, path, "LiDAR file is missing") from None
+    if raw.size == 0:
+        raise SceneDataError(scene_id, path, "LiDAR file is empty")
+    if raw.size % values_per_point:
+        raise SceneDataError(scene_id, path, f"LiDAR file holds {raw.size} float32 values, "
+                             f"not a multiple of {values_per_point}: truncated or wrong format")
+    points = raw.reshape(-1, values_per_point)
+    if not np.all(np.isfinite(points[:, :4])):
+        raise SceneDataError(scene_id, path, "LiDAR file holds NaN or infinite values")
+    return points[:, :3], points[:, 3]
+
+
+def check_pcd_bin_file(path: str, scene_id: str, values_per_point: int = 5) -> None:
+    """Cheap check without reading: exists, not empty, size a whole number of points."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise SceneDataError(scene_id, path, "LiDAR file is missing") from None
+    if size == 0:
+        raise SceneDataError(scene_id, path, "LiDAR file is empty")
+    if size % (4 * values_per_point):
+        raise SceneDataError(scene_id, path, f"LiDAR file is {size} bytes, not a whole number "
+                             f"of {values_per_point}-float32 points: truncated or wrong format")

@@ -1,0 +1,293 @@
+"""Scenes from a nuScenes dataroot, read through the real nuscenes-devkit.
+
+Every pose is composed per sample_data, at that sample_data's own timestamp:
+`cam_to_world = ego_to_world(ego_pose of this image) @ cam_to_ego(calibrated_sensor)`,
+and LiDAR points go sensor -> ego (at the sweep's time) -> world. nuScenes camera frames
+are already OpenCV (x right, y down, z forward) and images come undistorted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetNotFoundError, InvalidSceneIdError, SceneDataError, SceneError
+from .geometry import UNIT_QUATERNION_TOLERANCE, make_pose, quaternion_to_matrix
+from .ids import validate_scene_id
+from .io import check_jpeg_file, check_pcd_bin_file, read_jpeg, read_pcd_bin
+from .model import CameraSample, Frame, LidarSweep, Scene
+
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+           "CAM_BACK_RIGHT")
+LIDAR = "LIDAR_TOP"
+RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT",
+          "RADAR_BACK_RIGHT")
+KNOWN_CHANNELS = CAMERAS + (LIDAR,) + RADARS
+TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map",
+          "sample", "sample_annotation", "sample_data", "scene", "sensor", "visibility")
+
+
+@dataclass
+class SceneFailure:
+    """A scene that could not be read, when bad scenes are skipped."""
+
+    scene: str
+    error: SceneError
+
+    def to_json(self) -> dict:
+        return {"scene": self.scene, "error": str(self.error),
+                "file": getattr(self.error, "file", None)}
+
+
+@dataclass
+class NuScenesRead:
+    """What `read_nuscenes` returns: the scenes read and, with skip_bad, those skipped."""
+
+    version: str
+    scenes: list[Scene] = field(default_factory=list)
+    failures: list[SceneFailure] = field(default_factory=list)
+
+
+def detect_version(dataroot: str | Path) -> str:
+    """The one `v1.0-*` table folder under dataroot; errors when there is none or several."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"dataroot {root} is not a directory")
+    found = sorted(p.name for p in root.glob("v1.0-*") if (p / "scene.json").is_file())
+    if not found:
+        raise DatasetNotFoundError(f"no nuScenes table folder (v1.0-*/scene.json) under {root}")
+    if len(found) > 1:
+        raise DatasetNotFoundError(f"several nuScenes versions under {root}: "
+                                   f"{', '.join(found)}; choose one with --version")
+    return found[0]
+
+
+def open_devkit(dataroot: str | Path, version: str):
+    """nuscenes.NuScenes for dataroot/version, quietly; table problems become errors that
+    name the table file."""
+    try:
+        from nuscenes.nuscenes import NuScenes
+    except ImportError as exc:  # pragma: no cover - the Makefile installs it
+        raise DatasetNotFoundError(
+            "nuscenes-devkit is not installed: pip install --no-deps nuscenes-devkit==1.2.0 "
+            f"(or run `make test`): {exc}") from None
+    root = Path(dataroot)
+    if not (root / version / "scene.json").is_file():
+        raise DatasetNotFoundError(f"no nuScenes tables at {root / version}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return NuScenes(version=version, dataroot=str(root), verbose=False)
+    except Exception as exc:  # the devkit raises bare KeyErrors and assertions
+        _diagnose_tables(root / version)
+        raise SceneDataError(None, root / version, f"nuscenes-devkit cannot load the tables: "
+                             f"{type(exc).__name__}: {exc}") from None
+
+
+def _diagnose_tables(table_dir: Path) -> None:
+    for name in TABLES:
+        path = table_dir / f"{name}.json"
+        if not path.is_file():
+            raise SceneDataError(None, path, "table file is missing")
+        try:
+            records = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SceneDataError(None, path, f"not valid JSON: {exc}") from None
+        if not isinstance(records, list) or not all(
+                isinstance(r, dict) and "token" in r for r in records):
+            raise SceneDataError(None, path, "expected a list of records that each have a token")
+
+
+def read_nuscenes(dataroot: str | Path, version: str | None = None,
+                  scenes: list[str] | None = None, sweeps: bool = False,
+                  skip_bad: bool = False) -> NuScenesRead:
+    """Read scenes (all, or those named) from a nuScenes dataroot.
+
+    sweeps: also build frames from non-keyframe images and LiDAR sweeps.
+    skip_bad: record a scene that fails in `failures` and go on, instead of raising.
+    """
+    root = Path(dataroot).resolve()
+    version = version or detect_version(root)
+    nusc = open_devkit(root, version)
+    by_name = {record["name"]: record for record in nusc.scene}
+    wanted = list(by_name) if scenes is None else list(scenes)
+    result = NuScenesRead(version)
+    for name in wanted:
+        try:
+            if name not in by_name:
+                validate_scene_id(name)
+                raise SceneDataError(name, root / version / "scene.json",
+                                     "no scene of that name in the scene table")
+            result.scenes.append(_read_scene(nusc, root, version, by_name[name], sweeps))
+        except SceneError as exc:
+            if not skip_bad:
+                raise
+            result.failures.append(SceneFailure(str(name), exc))
+    return result
+
+
+def _read_scene(nusc, root: Path, version: str, scene_record: dict, sweeps: bool) -> Scene:
+    name = scene_record["name"]
+    try:
+        scene_id = validate_scene_id(name)
+    except InvalidSceneIdError as exc:
+        raise SceneDataError(name, root / version / "scene.json", str(exc)) from None
+    reader = _SceneReader(nusc, root, version, scene_id)
+    frames = []
+    token = scene_record["first_sample_token"]
+    while token:
+        sample = nusc.get("sample", token)
+        frames.extend(reader.frames_of_sample(sample, sweeps))
+        token = sample["next"]
+    frames = [Frame(i, f.timestamp_us, f.ego_to_world, f.is_keyframe, f.cameras, f.lidar)
+              for i, f in enumerate(frames)]
+    return Scene(scene_id, "nuscenes", str(root), CAMERAS, tuple(frames),
+                 {"version": version, "scene_token": scene_record["token"],
+                  "description": scene_record.get("description", "")})
+
+
+class _SceneReader:
+    """Turns sample_data records into validated camera samples and LiDAR sweeps."""
+
+    def __init__(self, nusc, root: Path, version: str, scene_id: str):
+        self.nusc, self.root, self.scene_id = nusc, root, scene_id
+        self.tables = root / version
+        self._calib: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def frames_of_sample(self, sample: dict, sweeps: bool) -> list[Frame]:
+        cams, lidars, ref = {}, [], None
+        for channel, sd_token in sample["data"].items():
+            sd = self.nusc.get("sample_data", sd_token)
+            if channel not in KNOWN_CHANNELS:
+                raise SceneDataError(self.scene_id, self.tables / "sensor.json",
+                                     f"unknown sensor channel {channel!r} "
+                                     f"(sample_data {sd_token}); known: "
+                                     f"{', '.join(KNOWN_CHANNELS)}")
+            if channel in CAMERAS:
+                cams[channel] = self.camera(channel, sd)
+            elif channel == LIDAR:
+                lidars.append(self.lidar(sd))
+                ref = sd
+        if ref is None:
+            ref = self.nusc.get("sample_data", sample["data"][next(c for c in CAMERAS if c in cams)])
+        key = Frame(0, int(ref["timestamp"]), self.ego_to_world(ref), True, cams, tuple(lidars))
+        if not sweeps:
+            return [key]
+        return [key] + self._sweep_frames(sample)
+
+    def _sweep_frames(self, sample: dict) -> list[Frame]:
+        per_camera: dict[str, list[dict]] = {}
+        lidar_sds: list[dict] = []
+        for channel, sd_token in sample["data"].items():
+            if channel not in CAMERAS and channel != LIDAR:
+                continue
+            chain = []
+            sd = self.nusc.get("sample_data", sd_token)
+            while sd["next"]:
+                sd = self.nusc.get("sample_data", sd["next"])
+                if sd["is_key_frame"]:
+                    break
+                chain.append(sd)
+            if channel == LIDAR:
+                lidar_sds = chain
+            else:
+                per_camera[channel] = chain
+        count = max((len(c) for c in per_camera.values()), default=0)
+        frames = []
+        for j in range(count):
+            cams = {ch: self.camera(ch, chain[j]) for ch, chain in per_camera.items()
+                    if j < len(chain)}
+            ref_channel = next(c for c in CAMERAS if c in cams)
+            ref = per_camera[ref_channel][j]
+            frames.append(Frame(0, int(ref["timestamp"]), self.ego_to_world(ref), False, cams, ()))
+        if frames:
+            times = np.array([np.mean([c.timestamp_us for c in f.cameras.values()])
+                              for f in frames])
+            assigned: list[list[LidarSweep]] = [[] for _ in frames]
+            for sd in lidar_sds:
+                assigned[int(np.abs(times - sd["timestamp"]).argmin())].append(self.lidar(sd))
+            frames = [Frame(0, f.timestamp_us, f.ego_to_world, False, f.cameras, tuple(a))
+                      for f, a in zip(frames, assigned, strict=True)]
+        return frames
+
+    def camera(self, channel: str, sd: dict) -> CameraSample:
+        cam_to_ego, intrinsics = self.calibration(sd, camera=True)
+        path = str(self.root / sd["filename"])
+        check_jpeg_file(path, self.scene_id)
+        size = (int(sd["width"]), int(sd["height"]))
+        return CameraSample(
+            scene_id=self.scene_id, camera=channel, timestamp_us=int(sd["timestamp"]),
+            intrinsics=intrinsics, cam_to_world=self.ego_to_world(sd) @ cam_to_ego,
+            width=size[0], height=size[1], source_file=path,
+            is_keyframe=bool(sd["is_key_frame"]), token=sd["token"],
+            loader=partial(read_jpeg, path, self.scene_id, size),
+        )
+
+    def lidar(self, sd: dict) -> LidarSweep:
+        sensor_to_ego, _ = self.calibration(sd, camera=False)
+        path = str(self.root / sd["filename"])
+        check_pcd_bin_file(path, self.scene_id)
+        return LidarSweep(
+            scene_id=self.scene_id, sensor=LIDAR, timestamp_us=int(sd["timestamp"]),
+            sensor_to_world=self.ego_to_world(sd) @ sensor_to_ego, source_file=path,
+            is_keyframe=bool(sd["is_key_frame"]), token=sd["token"],
+            loader=partial(read_pcd_bin, path, self.scene_id),
+        )
+
+    def calibration(self, sd: dict, camera: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        token = sd["calibrated_sensor_token"]
+        if token not in self._calib:
+            record = self.nusc.get("calibrated_sensor", token)
+            where = f"calibrated_sensor {token}"
+            pose = self._pose(record, self.tables / "calibrated_sensor.json", where)
+            k = None
+            if camera:
+                k = _array(record.get("camera_intrinsic"))
+                if k is None or k.shape != (3, 3):
+                    shape = None if k is None else k.shape
+                    raise self._error("calibrated_sensor.json", f"{where}: camera_intrinsic has "
+                                      f"shape {shape}, expected (3, 3)")
+                if not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0 or np.any(
+                        k[2] != (0, 0, 1)):
+                    raise self._error("calibrated_sensor.json", f"{where}: camera_intrinsic "
+                                      f"{k.tolist()} is not a pinhole matrix with positive focal "
+                                      "lengths and last row (0, 0, 1)")
+            self._calib[token] = (pose, k)
+        return self._calib[token]
+
+    def ego_to_world(self, sd: dict) -> np.ndarray:
+        token = sd["ego_pose_token"]
+        record = self.nusc.get("ego_pose", token)
+        return self._pose(record, self.tables / "ego_pose.json", f"ego_pose {token}")
+
+    def _pose(self, record: dict, file: Path, where: str) -> np.ndarray:
+        t, q = _array(record.get("translation")), _array(record.get("rotation"))
+        if t is None or t.shape != (3,):
+            raise self._error(file.name, f"{where}: translation has shape "
+                              f"{None if t is None else t.shape}, expected (3,)")
+        if q is None or q.shape != (4,):
+            raise self._error(file.name, f"{where}: rotation has shape "
+                              f"{None if q is None else q.shape}, expected (4,) (w, x, y, z)")
+        if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
+            raise self._error(file.name, f"{where}: NaN or infinite value in translation "
+                              f"{t.tolist()} or rotation {q.tolist()}")
+        norm = float(np.linalg.norm(q))
+        if abs(norm - 1.0) > UNIT_QUATERNION_TOLERANCE:
+            raise self._error(file.name, f"{where}: rotation quaternion {q.tolist()} has norm "
+                              f"{norm:.6f}, expected a unit quaternion")
+        return make_pose(quaternion_to_matrix(q / norm), t)
+
+    def _error(self, table: str, problem: str) -> SceneDataError:
+        return SceneDataError(self.scene_id, self.tables / table, problem)
+
+
+def _array(value) -> np.ndarray | None:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None

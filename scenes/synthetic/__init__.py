@@ -1,0 +1,1 @@
+"""Procedural driving worlds with exact ground truth, written in real dataset formats."""

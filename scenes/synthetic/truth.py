@@ -1,0 +1,45 @@
+"""Where the synthetic generator keeps exact ground truth, and how to read it back.
+
+`OUT/ground_truth/depth/<image path relative to OUT>.npy`: float32 (H, W) metres along
+the camera z axis, 0 where the ray meets the sky; `OUT/ground_truth/sky/<same>.png`:
+uint8 (H, W), 255 on sky; `OUT/ground_truth/world.json`: every scene's world.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def ground_truth_path(root: str | Path, image_relpath: str | Path, kind: str) -> Path:
+    """Path of the exact `depth` (.npy) or `sky` (.png) map of an image under root."""
+    if kind not in ("depth", "sky"):
+        raise ValueError(f"kind must be 'depth' or 'sky', got {kind!r}")
+    suffix = ".npy" if kind == "depth" else ".png"
+    return Path(root) / "ground_truth" / kind / Path(image_relpath).with_suffix(suffix)
+
+
+def has_ground_truth(root: str | Path) -> bool:
+    return (Path(root) / "ground_truth" / "world.json").is_file()
+
+
+def _truth_file(root: str | Path, image_file: str | Path, kind: str) -> Path:
+    root = Path(root).resolve()
+    image = Path(image_file)
+    rel = image.resolve().relative_to(root) if image.is_absolute() else image
+    return ground_truth_path(root, rel, kind)
+
+
+def load_ground_truth_depth(root: str | Path, image_file: str | Path) -> np.ndarray | None:
+    """Exact depth (H, W) float32 of the image at `image_file` (absolute or relative to
+    root), or None when the dataset carries no ground truth for it."""
+    path = _truth_file(root, image_file, "depth")
+    return np.load(path) if path.is_file() else None
+
+
+def load_ground_truth_sky(root: str | Path, image_file: str | Path) -> np.ndarray | None:
+    """Sky mask (H, W) bool of an image, or None without ground truth."""
+    path = _truth_file(root, image_file, "sky")
+    return np.asarray(Image.open(path)) > 127 if path.is_file() else None

@@ -1,0 +1,1 @@
+"""Student stage: streaming loader and sparse-voxel model (coming with its issue)."""

@@ -1,0 +1,1 @@
+"""Per-scene neural-field and foundation-model teachers (coming with their issues)."""
