@@ -174,7 +174,8 @@ class _SceneReader:
                 lidars.append(self.lidar(sd))
                 ref = sd
         if ref is None:
-            ref = self.nusc.get("sample_data", sample["data"][next(c for c in CAMERAS if c in cams)])
+            first_camera = next(c for c in CAMERAS if c in cams)
+            ref = self.nusc.get("sample_data", sample["data"][first_camera])
         key = Frame(0, int(ref["timestamp"]), self.ego_to_world(ref), True, cams, tuple(lidars))
         if not sweeps:
             return [key]

@@ -1,11 +1,15 @@
 import numpy as np
 import pytest
-from pyquaternion import Quaternion
-
 from distillprep.scenes.geometry import (
-    invert_pose, is_rotation, make_pose, matrix_to_quaternion, quaternion_to_matrix,
-    transform_points, yaw_pitch_roll_matrix,
+    invert_pose,
+    is_rotation,
+    make_pose,
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+    transform_points,
+    yaw_pitch_roll_matrix,
 )
+from pyquaternion import Quaternion
 
 
 def test_quaternion_matches_pyquaternion_and_round_trips():

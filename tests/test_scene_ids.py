@@ -1,9 +1,8 @@
 import pytest
-
 from distillprep.scenes import InvalidSceneIdError, validate_scene_id
 
 
-@pytest.mark.parametrize("good", ["scene-0001", "a", "segment-1005081002024129653_5313_150_5333_150",
+@pytest.mark.parametrize("good", ["scene-0001", "a", "segment-10050810020_5313_150_5333_150",
                                   "x" * 128, "Scène_ü"])
 def test_accepts_safe_ids(good):
     assert validate_scene_id(good) == good

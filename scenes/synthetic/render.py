@@ -14,7 +14,7 @@ import numpy as np
 
 from .raycast import Hits, cast_rays
 from .shading import albedo, shade
-from .world import Primitives, World
+from .world import World
 
 
 @dataclass

@@ -74,8 +74,8 @@ class Rig:
 
 def _fire_offset(yaw_deg: float) -> int:
     # Cameras trigger as the LiDAR (20 Hz, 50 ms a turn) sweeps past their centre line;
-    # the sweep starts facing backwards, as on the nuScenes car.
-    return int(round(((yaw_deg + 180.0) % 360.0) / 360.0 * 50_000))
+    # the sweep time is stamped just before it passes the back camera.
+    return int(round(((yaw_deg + 195.0) % 360.0) / 360.0 * 50_000))
 
 
 NUSCENES_RIG = Rig(

@@ -1,0 +1,37 @@
+"""A wheel of the project installs and imports from outside the repo (not only editable)."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+from conftest import REPO
+
+
+def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+    [wheel] = wheels.glob("distillprep-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for pkg in ("scenes", "scenes/synthetic", "teachers", "storage_schemas", "student", "flows"):
+        assert f"distillprep/{pkg}/__init__.py" in names
+    assert not any(n.startswith(("flows/", "scenes/", "tests/")) for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "distillprep = distillprep.flows.cli:main" in zipfile.ZipFile(wheel).read(
+        entry_points).decode()
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True)
+    # -S: no site processing, so the editable install's path hooks play no part; the
+    # dependencies come from this venv's site-packages, distillprep only from the wheel.
+    env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{sysconfig.get_paths()['purelib']}"}
+    code = ("import distillprep.scenes, distillprep.scenes.synthetic.render, "
+            "distillprep.flows.cli as cli; print(distillprep.scenes.__file__); "
+            "cli.main(['--help'])")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith(str(target))
+    assert "synth" in proc.stdout
