@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/distillprep synth $(DEMO_OUT)/nuscenes --format nuscenes --scenes 2 --frames 6 \
-		--width 480 --height 270 --sweeps 1 --seed 0 --overwrite
+	$(BIN)/distillprep synth $(DEMO_OUT)/nuscenes --format nuscenes --scenes 2 --frames 4 \
+		--width 400 --height 225 --seed 0 --overwrite
 	$(BIN)/distillprep scenes $(DEMO_OUT)/nuscenes --dataset nuscenes
 	$(BIN)/distillprep preview $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
 		--frame 0 --out $(DEMO_OUT)/preview_scene-0001_frame0.png

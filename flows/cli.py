@@ -28,7 +28,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--version", default="v1.0-mini", help="table folder name (v1.0-*)")
     p.add_argument("--supersample", type=int, default=2, help="S x S colour rays per pixel")
     p.add_argument("--workers", type=int, default=0, help="render processes (0: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier synthetic dataset at OUT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_run_synth)
 

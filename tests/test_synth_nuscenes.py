@@ -147,9 +147,20 @@ def test_same_arguments_give_byte_identical_output(tmp_path):
 
 def test_refuses_to_write_into_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
+    tiny = SynthConfig(scenes=1, frames=1, width=32, height=18, workers=1)
     with pytest.raises(FileExistsError, match="not empty"):
-        generate(tmp_path, "nuscenes", SynthConfig(scenes=1, frames=1, width=32, height=18))
+        generate(tmp_path, "nuscenes", tiny)
+    with pytest.raises(FileExistsError, match="not an earlier"):
+        generate(tmp_path, "nuscenes", tiny, overwrite=True)
     assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def test_overwrite_replaces_an_earlier_synthetic_dataset_whole(tmp_path):
+    big = SynthConfig(scenes=2, frames=2, width=32, height=18, workers=1)
+    generate(tmp_path / "ds", "nuscenes", big)
+    generate(tmp_path / "ds", "nuscenes", SynthConfig(**{**big.__dict__, "scenes": 1}),
+             overwrite=True)
+    assert len(list((tmp_path / "ds" / "samples" / "CAM_FRONT").glob("*.jpg"))) == 2
 
 
 def test_world_json_records_the_config(small_dataset):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .capture import CaptureEvent, capture_plan, ego_to_world, scene_duration_s
 from .nuscenes_writer import NuScenesWriter
 from .render import LidarScan, RenderedView, cast_lidar, render_view
 from .rig import NUSCENES_RIG, Rig
+from .truth import has_ground_truth
 from .world import World
 
 SCENE_SPACING_US = 3_600_000_000
@@ -82,8 +84,9 @@ def render_capture(world: World, rig: Rig, width: int, height: int, supersample:
 def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None = None,
              overwrite: bool = False, progress: Callable[[Iterable], Iterable] | None = None,
              ) -> Path:
-    """Write a synthetic dataset to `out`; returns `out`. Refuses a non-empty `out` unless
-    `overwrite` (files of an earlier run are then replaced, others left alone)."""
+    """Write a synthetic dataset to `out`; returns `out`. Refuses a non-empty `out`, except
+    with `overwrite` when `out` holds an earlier `distillprep synth` output, which is then
+    removed first (never a folder of anything else)."""
     config = config or SynthConfig()
     if fmt not in WRITERS:
         raise ValueError(f"unknown format {fmt!r}; choose from {sorted(WRITERS)}")
@@ -92,8 +95,14 @@ def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None 
     if config.scenes < 1:
         raise ValueError(f"--scenes must be at least 1, got {config.scenes}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to write into it anyway")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace an earlier "
+                                  "synthetic dataset there")
+        if not has_ground_truth(out):
+            raise FileExistsError(f"{out} is not empty and is not an earlier `distillprep "
+                                  "synth` output (no ground_truth/world.json): not touching it")
+        shutil.rmtree(out)
     spec = WRITERS[fmt]
     writer = spec.writer(out, config.version, spec.rig, config.width, config.height,
                          namespace=f"distillprep-synth/{config.seed}")

@@ -18,6 +18,7 @@ from .world import Material, PrimitiveKind, Primitives
 MIN_T = 1e-4
 RAY_CHUNK = 8192
 BUNDLE_DEG = 5.0
+MIN_BUNDLE_RAYS = 512
 SKY = -1
 
 
@@ -125,14 +126,21 @@ _INTERSECTORS = {
 
 def ray_bundles(dirs: np.ndarray, cell_deg: float = BUNDLE_DEG) -> list[np.ndarray]:
     """Split ray indices into bundles of nearby directions (cells of `cell_deg` degrees in
-    azimuth and elevation), each at most RAY_CHUNK rays."""
+    azimuth and elevation, coarser when that would leave fewer than MIN_BUNDLE_RAYS rays a
+    bundle: tiny bundles cost more in overhead than culling saves), each at most RAY_CHUNK
+    rays."""
     unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
-    cell = np.deg2rad(cell_deg)
-    az = np.floor(np.arctan2(unit[:, 1], unit[:, 0]) / cell).astype(np.int64)
-    el = np.floor(np.arcsin(np.clip(unit[:, 2], -1, 1)) / cell).astype(np.int64)
-    key = az * 1000 + el
-    order = np.argsort(key, kind="stable")
-    cuts = np.flatnonzero(np.diff(key[order])) + 1
+    azimuth = np.arctan2(unit[:, 1], unit[:, 0])
+    elevation = np.arcsin(np.clip(unit[:, 2], -1, 1))
+    while True:
+        cell = np.deg2rad(cell_deg)
+        key = np.floor(azimuth / cell).astype(np.int64) * 1000 + np.floor(
+            elevation / cell).astype(np.int64)
+        order = np.argsort(key, kind="stable")
+        cuts = np.flatnonzero(np.diff(key[order])) + 1
+        if len(dirs) >= MIN_BUNDLE_RAYS * (len(cuts) + 1) or cell_deg >= 90:
+            break
+        cell_deg *= 2
     bundles = []
     for group in np.split(order, cuts):
         bundles.extend(np.array_split(group, -(-len(group) // RAY_CHUNK)))

@@ -1,0 +1,94 @@
+"""`make bench`: speed figures, each as a ratio against a baseline timed in this process.
+
+One figure per line. These machines are shared and noisy, so every figure is relative to
+something measured in the same run, never an absolute threshold.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.scenes.synthetic.builder import build_world
+from distillprep.scenes.synthetic.capture import ego_to_world
+from distillprep.scenes.synthetic.generate import SynthConfig, generate
+from distillprep.scenes.synthetic.render import camera_rays, render_view
+from distillprep.scenes.synthetic.rig import NUSCENES_RIG
+
+WIDTH, HEIGHT = 320, 180
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_generator() -> None:
+    world = build_world(0, 10.0)
+    cams = NUSCENES_RIG.cameras
+    poses = [ego_to_world(world, 2.0) @ cam.cam_to_ego() for cam in cams]
+
+    def ray_plane_pass():  # floor: the rays of every camera against one plane, nothing else
+        for cam, pose in zip(cams, poses, strict=True):
+            origin, dirs = camera_rays(cam.intrinsics(WIDTH, HEIGHT), pose, WIDTH, HEIGHT)
+            with np.errstate(divide="ignore"):
+                np.where(dirs[:, 2] < 0, -origin[0, 2] / dirs[:, 2], np.inf)
+
+    for supersample in (1, 2):
+        def render_all():
+            for cam, pose in zip(cams, poses, strict=True):
+                render_view(world, cam.intrinsics(WIDTH, HEIGHT), pose, 2.0, WIDTH, HEIGHT,
+                            supersample=supersample)
+
+        per_image = _best_of(render_all, 2) / len(cams)
+        floor = _best_of(ray_plane_pass) / len(cams)
+        print(f"synth.render_{WIDTH}x{HEIGHT}_ss{supersample}.seconds_per_image: {per_image:.3f}")
+        print(f"synth.render_{WIDTH}x{HEIGHT}_ss{supersample}.ratio_to_one_ray_plane_pass: "
+              f"{per_image / floor:.1f}")
+
+
+def bench_reader(root: Path) -> None:
+    read_nuscenes(root)  # warm: imports, page cache
+    files = sorted(str(p) for p in root.glob("samples/CAM_*/*.jpg"))
+
+    def plain_decode():
+        for f in files:
+            with Image.open(f) as im:
+                np.asarray(im.convert("RGB"))
+
+    def reader():
+        for scene in read_nuscenes(root).scenes:
+            for sample in scene.camera_samples:
+                sample.load_image()
+
+    floor = _best_of(plain_decode) / len(files)
+    ours = _best_of(reader) / len(files)
+    print(f"reader.camera_samples: {len(files)}")
+    print(f"reader.seconds_per_camera_sample: {ours:.5f}")
+    print(f"reader.ratio_to_plain_jpeg_decode: {ours / floor:.2f}")
+
+
+def main() -> None:
+    bench_generator()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SynthConfig(scenes=2, frames=10, width=WIDTH, height=HEIGHT, seed=1,
+                             supersample=1)
+        start = time.perf_counter()
+        root = generate(Path(tmp) / "nuscenes", "nuscenes", config)
+        images = config.scenes * config.frames * len(NUSCENES_RIG.cameras)
+        print(f"synth.dataset_seconds_per_camera_image_all_cores: "
+              f"{(time.perf_counter() - start) / images:.3f}")
+        bench_reader(root)
+
+
+if __name__ == "__main__":
+    main()
