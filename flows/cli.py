@@ -35,8 +35,9 @@ def _add_synth(sub) -> None:
 
 
 def _run_synth(args) -> int:
-    from distillprep.scenes.synthetic.generate import SynthConfig, generate
     from tqdm import tqdm
+
+    from distillprep.scenes.synthetic.generate import SynthConfig, generate
 
     config = SynthConfig(scenes=args.scenes, frames=args.frames, width=args.width,
                          height=args.height, sweeps=args.sweeps, seed=args.seed,
@@ -95,11 +96,12 @@ def _add_preview(sub) -> None:
 
 
 def _run_preview(args) -> int:
+    from PIL import Image
+
     from distillprep.scenes.datasets import read_dataset
     from distillprep.scenes.preview import dilate_sparse, frame_preview
     from distillprep.scenes.projection import sparse_depth_map
     from distillprep.scenes.synthetic.truth import has_ground_truth, load_ground_truth_depth
-    from PIL import Image
 
     read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
                         scenes=None if args.scene is None else [args.scene])

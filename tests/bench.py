@@ -44,7 +44,7 @@ def bench_generator() -> None:
                 np.where(dirs[:, 2] < 0, -origin[0, 2] / dirs[:, 2], np.inf)
 
     for supersample in (1, 2):
-        def render_all():
+        def render_all(supersample=supersample):
             for cam, pose in zip(cams, poses, strict=True):
                 render_view(world, cam.intrinsics(WIDTH, HEIGHT), pose, 2.0, WIDTH, HEIGHT,
                             supersample=supersample)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from distillprep.scenes.synthetic.generate import SynthConfig, generate
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

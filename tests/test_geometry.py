@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from pyquaternion import Quaternion
+
 from distillprep.scenes.geometry import (
     invert_pose,
     is_rotation,
@@ -9,7 +11,6 @@ from distillprep.scenes.geometry import (
     transform_points,
     yaw_pitch_roll_matrix,
 )
-from pyquaternion import Quaternion
 
 
 def test_quaternion_matches_pyquaternion_and_round_trips():

@@ -3,6 +3,7 @@ plain reference."""
 
 import numpy as np
 import pytest
+
 from distillprep.scenes.geometry import make_pose, yaw_pitch_roll_matrix
 from distillprep.scenes.synthetic.builder import build_world
 from distillprep.scenes.synthetic.capture import ego_to_world

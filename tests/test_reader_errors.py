@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from distillprep.scenes import SceneDataError
 from distillprep.scenes.errors import DatasetNotFoundError
 from distillprep.scenes.nuscenes import read_nuscenes

@@ -2,6 +2,7 @@
 K and cam_to_world, lands on pixels whose exact depth matches the point's camera depth."""
 
 import numpy as np
+
 from distillprep.scenes.geometry import invert_pose
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.synthetic.capture import KEYFRAME_INTERVAL_US, ego_to_world
@@ -54,7 +55,7 @@ def _projection_errors(dataset, wrong_pose: bool = False) -> tuple[np.ndarray, l
         lidar = frame.lidar[0]
         points = lidar.load().points
         t_lidar = k * KEYFRAME_INTERVAL_US / 1e6
-        truth_pose = ego_to_world(world, t_lidar) @ NUSCENES_RIG.lidar.sensor_to_ego()
+        truth_pose = ego_to_world(world, t_lidar) @ NUSCENES_RIG.lidar("LIDAR_TOP").sensor_to_ego()
         scan = cast_lidar(world, truth_pose, t_lidar)
         assert len(scan.points) == len(points)
         points_true = scan.points @ truth_pose[:3, :3].T + truth_pose[:3, 3]

@@ -1,4 +1,5 @@
 import pytest
+
 from distillprep.scenes import InvalidSceneIdError, validate_scene_id
 
 

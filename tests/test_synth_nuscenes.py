@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nuscenes.nuscenes import NuScenes
+from PIL import Image
+
 from distillprep.scenes.nuscenes import CAMERAS, TABLES
 from distillprep.scenes.synthetic.capture import KEYFRAME_INTERVAL_US, ego_to_world
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
 from distillprep.scenes.synthetic.render import render_view
 from distillprep.scenes.synthetic.rig import NUSCENES_RIG
 from distillprep.scenes.synthetic.truth import ground_truth_path
-from nuscenes.nuscenes import NuScenes
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

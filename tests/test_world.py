@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from distillprep.scenes.synthetic.builder import build_world
 from distillprep.scenes.synthetic.capture import ego_to_world
 from distillprep.scenes.synthetic.noise import fbm, value_noise
@@ -92,7 +93,7 @@ def test_lidar_misses_geometry_the_cameras_see():
     unreachable, total = 0, 0
     for _world, cam, pose, view in _views(5, (1.0, 5.0), size=(160, 90)):
         ego = pose @ np.linalg.inv(cam.cam_to_ego())
-        lidar_origin = (ego @ NUSCENES_RIG.lidar.sensor_to_ego())[:3, 3]
+        lidar_origin = (ego @ NUSCENES_RIG.lidar("LIDAR_TOP").sensor_to_ego())[:3, 3]
         h, w = view.depth.shape
         u, v = np.meshgrid(np.arange(w), np.arange(h))
         k = cam.intrinsics(w, h)

@@ -55,10 +55,12 @@ def capture_plan(rig: Rig, frames: int, sweeps: int) -> list[CaptureEvent]:
     for k in range(frames):
         for j in range(sweeps + 1 if k < frames - 1 else 1):
             base = k * KEYFRAME_INTERVAL_US + j * KEYFRAME_INTERVAL_US // (sweeps + 1)
-            events.append(CaptureEvent(rig.lidar.name, "lidar", k, j, base))
+            for lidar in rig.lidars:
+                events.append(CaptureEvent(lidar.name, "lidar", k, j, base))
             for cam in rig.cameras:
                 events.append(CaptureEvent(cam.name, "camera", k, j, base + cam.fire_offset_us))
-    order = {name: i for i, name in enumerate([rig.lidar.name] + [c.name for c in rig.cameras])}
+    names = [lidar.name for lidar in rig.lidars] + [c.name for c in rig.cameras]
+    order = {name: i for i, name in enumerate(names)}
     return sorted(events, key=lambda e: (e.offset_us, order[e.sensor]))
 
 

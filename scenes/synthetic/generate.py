@@ -73,7 +73,8 @@ def render_capture(world: World, rig: Rig, width: int, height: int, supersample:
     """Ego pose (4, 4) at the capture time and what the sensor recorded."""
     ego = ego_to_world(world, event.t)
     if event.modality == "lidar":
-        return ego, cast_lidar(world, ego @ rig.lidar.sensor_to_ego(), event.t, rig.lidar.spec)
+        lidar = rig.lidar(event.sensor)
+        return ego, cast_lidar(world, ego @ lidar.sensor_to_ego(), event.t, lidar.spec)
     cam = rig.camera(event.sensor)
     view = render_view(world, cam.intrinsics(width, height), ego @ cam.cam_to_ego(), event.t,
                        width, height, supersample=supersample,

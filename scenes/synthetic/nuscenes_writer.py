@@ -68,8 +68,10 @@ class NuScenesWriter:
         self.width, self.height, self.namespace = width, height, namespace
         self.tables: dict[str, list[dict]] = {name: [] for name in TABLES}
         self.sensor_tokens = {}
+        if len(rig.lidars) != 1:
+            raise ValueError("a nuScenes rig has exactly one LiDAR (LIDAR_TOP)")
         for name, modality in [(c.name, "camera") for c in rig.cameras] + [
-                (rig.lidar.name, "lidar")]:
+                (rig.lidars[0].name, "lidar")]:
             token = self.token("sensor", name)
             self.sensor_tokens[name] = token
             self.tables["sensor"].append({"token": token, "channel": name, "modality": modality})
@@ -106,7 +108,7 @@ class NuScenesWriter:
         for cam in self.rig.cameras:
             calib[cam.name] = self._calibrated_sensor(index, cam.name, cam.cam_to_ego(),
                                                       cam.intrinsics(self.width, self.height))
-        lidar = self.rig.lidar
+        lidar = self.rig.lidars[0]
         calib[lidar.name] = self._calibrated_sensor(index, lidar.name, lidar.sensor_to_ego(), None)
         self.scene = _SceneState(index, name, world, base_us, log_name, calib)
         self.tables["scene"].append({"token": self.token("scene", index), "log_token": log_token,

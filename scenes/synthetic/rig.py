@@ -62,14 +62,24 @@ class LidarMount:
 
 @dataclass(frozen=True)
 class Rig:
+    """A car's sensors: cameras in the dataset's canonical order and one or more LiDARs
+    (all LiDARs fire at the sweep time; cameras at that time plus their trigger delay)."""
+
     cameras: tuple[CameraSpec, ...]
-    lidar: LidarMount
+    lidars: tuple[LidarMount, ...]
 
     def camera(self, name: str) -> CameraSpec:
-        for cam in self.cameras:
-            if cam.name == name:
-                return cam
-        raise KeyError(name)
+        return self._find(self.cameras, name)
+
+    def lidar(self, name: str) -> LidarMount:
+        return self._find(self.lidars, name)
+
+    @staticmethod
+    def _find(sensors, name):
+        for sensor in sensors:
+            if sensor.name == name:
+                return sensor
+        raise KeyError(f"no sensor {name!r} in the rig")
 
 
 def _fire_offset(yaw_deg: float) -> int:
@@ -90,5 +100,5 @@ NUSCENES_RIG = Rig(
             ("CAM_BACK_RIGHT", (1.04, -0.48, 1.56), -110.0, 0.5, 1259.0),
         )
     ),
-    lidar=LidarMount("LIDAR_TOP", (0.94, 0.0, 1.84), -90.0, HDL32E),
+    lidars=(LidarMount("LIDAR_TOP", (0.94, 0.0, 1.84), -90.0, HDL32E),),
 )
