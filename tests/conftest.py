@@ -38,3 +38,23 @@ def geometry_dataset(tmp_path_factory) -> Path:
 def dataset_copy(small_dataset, tmp_path) -> Path:
     """A private copy of the small dataset that a test may damage."""
     return Path(shutil.copytree(small_dataset, tmp_path / "nuscenes"))
+
+
+@pytest.fixture(scope="session")
+def small_store(small_dataset, tmp_path_factory) -> Path:
+    """The small dataset ingested into a store (read-only for tests: copy to damage)."""
+    from distillprep.scenes.nuscenes import read_nuscenes
+    from distillprep.storage_schemas.ingest import ingest
+    from distillprep.storage_schemas.store import create_store
+
+    read = read_nuscenes(small_dataset)
+    path = tmp_path_factory.mktemp("store") / "store.zarr"
+    store = create_store(path, "nuscenes", read.version)
+    report = ingest(store, read.scenes, {"dataset": "nuscenes"})
+    assert report.written == ["scene-0001", "scene-0002"]
+    return path
+
+
+@pytest.fixture
+def store_copy(small_store, tmp_path) -> Path:
+    return Path(shutil.copytree(small_store, tmp_path / "store.zarr"))

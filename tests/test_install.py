@@ -17,6 +17,7 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for pkg in ("scenes", "scenes/synthetic", "teachers", "storage_schemas", "student", "flows"):
         assert f"distillprep/{pkg}/__init__.py" in names
+    assert "distillprep/storage_schemas/json/store_attrs.schema.json" in names
     assert not any(n.startswith(("flows/", "scenes/", "tests/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "distillprep = distillprep.flows.cli:main" in zipfile.ZipFile(wheel).read(

@@ -1,0 +1,95 @@
+"""`distillprep inspect`: what a store holds, how well it compresses, which stages have
+filled which scenes, and preview PNGs a person can look at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from PIL import Image
+
+from distillprep.scenes.preview import colorize_depth, dilate_sparse
+
+from .reader import SceneReader
+from .store import Store
+
+
+def summarize(store: Store, scene_ids: list[str] | None = None) -> dict[str, Any]:
+    """Sizes, counts, compression per array, statistics and stages, JSON-ready."""
+    scene_ids = store.scenes() if scene_ids is None else scene_ids
+    arrays: dict[str, dict[str, float]] = {}
+    scenes = []
+    for scene_id in scene_ids:
+        record = store.commit(scene_id)
+        attrs = store.scene_attrs(scene_id)
+        for name, written in record.arrays.items():
+            entry = arrays.setdefault(name, {"raw_bytes": 0, "stored_bytes": 0})
+            entry["raw_bytes"] += int(np.prod(written.shape)) * np.dtype(written.dtype).itemsize
+            entry["stored_bytes"] += written.stored_bytes
+        scenes.append({"scene_id": scene_id, "samples": attrs.num_samples,
+                       "frames": attrs.num_frames, "image_size": [attrs.width, attrs.height],
+                       "stages": {name: {"finished_at": rec.finished_at.isoformat(),
+                                         "config_hash": rec.config_hash[:12],
+                                         "package_version": rec.package_version}
+                                  for name, rec in attrs.stages.items()}})
+    for entry in arrays.values():
+        entry["compression_ratio"] = round(entry["raw_bytes"] / max(1, entry["stored_bytes"]), 2)
+    manifest = store.manifest(scene_ids)
+    stats = {}
+    if manifest.num_rows:
+        fraction = manifest.column("lidar_depth_valid_fraction")
+        stats["lidar_depth"] = {
+            "min_m": pc.min(manifest.column("lidar_depth_min")).as_py(),
+            "max_m": pc.max(manifest.column("lidar_depth_max")).as_py(),
+            "mean_valid_fraction": round(pc.mean(fraction).as_py(), 4),
+        }
+    total_raw = sum(a["raw_bytes"] for a in arrays.values())
+    total_stored = store.location.size_under("")
+    return {
+        "store": store.location.location, "dataset": store.attrs.dataset,
+        "dataset_version": store.attrs.dataset_version,
+        "schema_version": store.attrs.schema_version, "scenes": scenes,
+        "samples": manifest.num_rows, "arrays": arrays, "statistics": stats,
+        "raw_bytes": total_raw, "stored_bytes": total_stored,
+    }
+
+
+def write_previews(store: Store, scene_id: str, out_dir: str | Path,
+                   samples: int = 6) -> list[Path]:
+    """PNGs of the first `samples` camera samples of a scene: RGB beside colour-mapped
+    LiDAR depth (and teacher depth when that stage has run). Returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reader = SceneReader(store, scene_id)
+    paths = []
+    for sample in reader:
+        if sample["sample_index"] >= samples:
+            break
+        tiles = [sample["rgb"],
+                 colorize_depth(dilate_sparse(sample["lidar_depth"].astype(np.float32), 1))]
+        if "teacher_depth" in sample:
+            tiles.append(colorize_depth(sample["teacher_depth"].astype(np.float32)))
+        height = min(t.shape[0] for t in tiles)
+        path = out_dir / f"{scene_id}_{sample['sample_index']:05d}_{sample['camera']}.png"
+        Image.fromarray(np.concatenate([t[:height] for t in tiles], axis=1)).save(path)
+        paths.append(path)
+    return paths
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{summary['store']}: {summary['dataset']} {summary['dataset_version']}, schema "
+             f"v{summary['schema_version']}, {len(summary['scenes'])} scenes, "
+             f"{summary['samples']} camera samples, {summary['stored_bytes'] / 2**20:.1f} MiB "
+             f"on disk"]
+    lines.append(f"  {'array':<22}{'raw MiB':>10}{'stored MiB':>12}{'ratio':>8}")
+    for name, a in sorted(summary["arrays"].items()):
+        lines.append(f"  {name:<22}{a['raw_bytes'] / 2**20:>10.2f}"
+                     f"{a['stored_bytes'] / 2**20:>12.2f}{a['compression_ratio']:>8.2f}")
+    for name, s in summary["statistics"].items():
+        lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    for scene in summary["scenes"]:
+        lines.append(f"  {scene['scene_id']:<16}{scene['samples']:>5} samples  stages: "
+                     + ", ".join(scene["stages"]))
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""The parquet manifest: one row per camera sample, what a researcher filters before
+streaming (pandas, polars, DuckDB). Each committed scene has one part,
+`manifest/<scene_id>/<attempt>.parquet`; `read_manifest` concatenates the committed ones."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .spec import ARRAYS
+
+# Per-sample arrays along N: each gets a `has_<name>` column.
+SAMPLE_ARRAYS = tuple(name for name, spec in ARRAYS.items()
+                      if spec.per_sample and spec.shape[0] == "N")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("scene_id", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("timestamp_us", pa.int64(), nullable=False),
+        pa.field("is_keyframe", pa.bool_(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("group", pa.string(), nullable=False),
+        pa.field("chunk_index", pa.int32(), nullable=False),
+        pa.field("shard_index", pa.int32(), nullable=False),
+        pa.field("lidar_depth_min", pa.float32()),
+        pa.field("lidar_depth_max", pa.float32()),
+        pa.field("lidar_depth_valid_fraction", pa.float32(), nullable=False),
+        pa.field("feature_norm_mean", pa.float32()),
+    ]
+    + [pa.field(f"has_{name}", pa.bool_(), nullable=False) for name in SAMPLE_ARRAYS]
+)
+
+
+def depth_stats(depth: np.ndarray) -> tuple[float | None, float | None, float]:
+    """(min, max, valid fraction) of a depth map (H, W); min/max None when nothing valid."""
+    valid = depth > 0
+    if not valid.any():
+        return None, None, 0.0
+    values = depth[valid].astype(np.float32)
+    return float(values.min()), float(values.max()), float(valid.mean())
+
+
+def to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table.cast(MANIFEST_SCHEMA), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def from_parquet_bytes(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))

@@ -1,0 +1,103 @@
+"""The store's arrays, specified as types: one `ArraySpec` per array of a scene group.
+
+Dimension letters in shape patterns:
+- N camera samples of the scene (frame-major, camera order of the scene's rig);
+- F frames; V virtual views; H, W image size; J longest JPEG of the scene in bytes;
+- Ht, Wt teacher render size; Hv, Wv virtual view size; C feature channels, h, w the
+  feature grid; D full feature width before PCA.
+Each chunk holds one sample (one camera image, one virtual view) or, for small per-sample
+tables such as poses, the whole array; the sharding codec packs chunks into shards.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Stage = Literal["ingest", "teacher", "features"]
+Codec = Literal["zstd", "blosc-lz4-shuffle", "none"]
+
+
+class ArraySpec(BaseModel):
+    """What one array of a scene group holds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="array name inside the scene group")
+    dtype: Literal["uint8", "int16", "int32", "int64", "float16", "float32", "float64"] = Field(
+        description="numpy dtype")
+    shape: tuple[str | int, ...] = Field(description="shape pattern: dimension letters or sizes")
+    units: str = Field(description="physical units, or '' for none")
+    value_range: tuple[float, float] | None = Field(
+        default=None, description="inclusive [min, max] of valid values, or null")
+    stage: Stage = Field(description="the pipeline stage that fills it")
+    per_sample: bool = Field(description="chunked one sample per chunk along axis 0 (else "
+                             "one chunk for the whole array)")
+    codec: Codec = Field(description="compression, chosen by measurement (README)")
+    description: str = Field(description="one line for people")
+
+
+def _a(name, dtype, shape, units, value_range, stage, per_sample, codec, description):
+    return ArraySpec(name=name, dtype=dtype, shape=shape, units=units, value_range=value_range,
+                     stage=stage, per_sample=per_sample, codec=codec, description=description)
+
+
+ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
+    _a("rgb_jpeg", "uint8", ("N", "J"), "", None, "ingest", True, "zstd",
+       "the camera's own JPEG bytes, zero-padded to J; decode the first rgb_jpeg_nbytes"),
+    _a("rgb_jpeg_nbytes", "int64", ("N",), "bytes", (4, 2**31), "ingest", False, "zstd",
+       "length of each sample's JPEG in rgb_jpeg"),
+    _a("lidar_depth", "float16", ("N", "H", "W"), "m", (0.0, 65504.0), "ingest", True,
+       "zstd", "LiDAR projected to the image: nearest return's camera z per pixel, 0 = none"),
+    _a("intrinsics", "float64", ("N", 3, 3), "px", None, "ingest", False, "zstd",
+       "K, OpenCV pixel convention"),
+    _a("cam_to_world", "float64", ("N", 4, 4), "m", None, "ingest", False, "zstd",
+       "OpenCV camera -> world at the image's own timestamp"),
+    _a("timestamp_us", "int64", ("N",), "us", (0, 2**62), "ingest", False, "zstd",
+       "exposure time of each image"),
+    _a("camera_index", "int16", ("N",), "", (0, 63), "ingest", False, "zstd",
+       "index into the scene's `cameras` attribute"),
+    _a("frame_index", "int32", ("N",), "", (0, 2**31 - 1), "ingest", False, "zstd",
+       "index of the sample's frame"),
+    _a("ego_to_world", "float64", ("F", 4, 4), "m", None, "ingest", False, "zstd",
+       "ego pose at each frame's timestamp"),
+    _a("frame_timestamp_us", "int64", ("F",), "us", (0, 2**62), "ingest", False, "zstd",
+       "reference time of each frame, strictly increasing"),
+    _a("teacher_depth", "float16", ("N", "Ht", "Wt"), "m", (0.0, 65504.0), "teacher", True,
+       "blosc-lz4-shuffle", "neural-field expected depth for each real image"),
+    _a("teacher_opacity", "float16", ("N", "Ht", "Wt"), "", (0.0, 1.0), "teacher", True,
+       "blosc-lz4-shuffle", "accumulated opacity (confidence) of teacher_depth"),
+    _a("virtual_rgb", "uint8", ("V", "Hv", "Wv", 3), "", (0, 255), "teacher", True, "zstd",
+       "virtual-camera colour"),
+    _a("virtual_depth", "float16", ("V", "Hv", "Wv"), "m", (0.0, 65504.0), "teacher", True,
+       "blosc-lz4-shuffle", "virtual-camera expected depth"),
+    _a("virtual_opacity", "float16", ("V", "Hv", "Wv"), "", (0.0, 1.0), "teacher", True,
+       "blosc-lz4-shuffle", "virtual-camera accumulated opacity"),
+    _a("virtual_intrinsics", "float64", ("V", 3, 3), "px", None, "teacher", False, "zstd",
+       "K of each virtual view"),
+    _a("virtual_cam_to_world", "float64", ("V", 4, 4), "m", None, "teacher", False, "zstd",
+       "OpenCV camera -> world of each virtual view"),
+    _a("virtual_source_sample", "int32", ("V",), "", (0, 2**31 - 1), "teacher", False, "zstd",
+       "the real camera sample each virtual view was derived from"),
+    _a("features", "float16", ("N", "C", "h", "w"), "", None, "features", True,
+       "blosc-lz4-shuffle", "PCA-reduced foundation-model features per real image"),
+    _a("virtual_features", "float16", ("V", "C", "h", "w"), "", None, "features", True,
+       "blosc-lz4-shuffle", "PCA-reduced features per virtual view"),
+    _a("pca_basis", "float32", ("C", "D"), "", None, "features", False, "zstd",
+       "rows are the principal directions"),
+    _a("pca_mean", "float32", ("D",), "", None, "features", False, "zstd",
+       "mean of the full-width features"),
+    _a("pca_explained_variance", "float32", ("C",), "", (0.0, 1e30), "features", False, "zstd",
+       "variance along each principal direction"),
+)}
+
+INGEST_ARRAYS = tuple(name for name, spec in ARRAYS.items() if spec.stage == "ingest")
+
+
+def resolve_shape(spec: ArraySpec, dims: dict[str, int]) -> tuple[int, ...]:
+    """Concrete shape of `spec` given the dimension sizes, e.g. {"N": 6, "H": 90}."""
+    missing = [d for d in spec.shape if isinstance(d, str) and d not in dims]
+    if missing:
+        raise KeyError(f"array {spec.name}: no size given for dimension(s) {missing}")
+    return tuple(dims[d] if isinstance(d, str) else d for d in spec.shape)

@@ -1,0 +1,259 @@
+"""The store: one zarr v3 hierarchy per prepared dataset, written scene by scene with an
+atomic commit per scene.
+
+Layout (keys relative to the store root):
+    zarr.json                                 root group; attributes: StoreAttrs
+    scenes/<scene_id>/<attempt>/              one scene's group (SceneAttrs) and arrays
+    manifest/<scene_id>/<attempt>.parquet     the scene's manifest part
+    commits/<scene_id>.json                   CommitRecord: written last
+
+A write goes to a fresh `<attempt>` folder that no reader looks at; the commit record,
+one atomic object write, is what makes it visible, and only then is the previous attempt
+removed. A killed writer thus leaves the previous commit intact and at most an orphan
+attempt, which nothing reads and the next write of that scene removes. This holds on a
+local path and on object stores (no rename needed). Every shard belongs to one array of
+one attempt of one scene, so one writer owns it: no read-modify-write races.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from distillprep.scenes.ids import validate_scene_id
+
+from .attrs import (
+    SCHEMA_VERSION,
+    STORE_FORMAT,
+    ArrayRecord,
+    CommitRecord,
+    SceneAttrs,
+    StoreAttrs,
+    parse_commit,
+    parse_scene_attrs,
+    parse_store_attrs,
+)
+from .backend import Location
+from .errors import NotAStoreError, SceneIncompleteError, SchemaViolationError, StoreError
+from .manifest import MANIFEST_SCHEMA, from_parquet_bytes, to_parquet_bytes
+from .spec import ARRAYS, ArraySpec
+
+SHARD_TARGET_BYTES = 32 * 2**20
+"""Uncompressed bytes a shard aims for: tens of MB, so a million images are few files."""
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distillprep")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def compressors_for(spec: ArraySpec):
+    if spec.codec == "zstd":
+        return [ZstdCodec(level=3)]
+    if spec.codec == "blosc-lz4-shuffle":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
+                           typesize=np.dtype(spec.dtype).itemsize)]
+    return None
+
+
+def chunk_layout(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[tuple, tuple | None]:
+    """(chunks, shards) of an array: one sample per chunk, shards of ~SHARD_TARGET_BYTES;
+    small tables are a single chunk."""
+    if not spec.per_sample:
+        return tuple(max(1, s) for s in shape), None
+    chunk = (1, *shape[1:])
+    chunk_bytes = max(1, int(np.prod(chunk)) * np.dtype(spec.dtype).itemsize)
+    per_shard = int(min(max(1, shape[0]), max(1, SHARD_TARGET_BYTES // chunk_bytes)))
+    return chunk, (per_shard, *shape[1:])
+
+
+def array_sha256(data: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+class Store:
+    """An opened store. `open_store` / `create_store` make one."""
+
+    def __init__(self, location: Location, attrs: StoreAttrs):
+        self.location = location
+        self.attrs = attrs
+
+    @property
+    def read_only(self) -> bool:
+        return self.location.read_only
+
+    # -- reading ---------------------------------------------------------------------
+    def scenes(self) -> list[str]:
+        """Ids of the committed scenes, sorted."""
+        return sorted(name[: -len(".json")] for name in self.location.children("commits")
+                      if name.endswith(".json") and not name.startswith("."))
+
+    def commit(self, scene_id: str) -> CommitRecord | None:
+        """The scene's commit record, or None when the scene is not committed."""
+        validate_scene_id(scene_id)
+        raw = self.location.get(f"commits/{scene_id}.json")
+        if raw is None:
+            return None
+        where = f"scene {scene_id!r}: commits/{scene_id}.json"
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{where}: not valid JSON: {exc}") from None
+        record = parse_commit(data, where)
+        if record.scene_id != scene_id:
+            raise StoreError(f"{where}: records scene {record.scene_id!r}, not {scene_id!r}")
+        return record
+
+    def _committed(self, scene_id: str) -> CommitRecord:
+        record = self.commit(scene_id)
+        if record is None:
+            raise SceneIncompleteError(f"scene {scene_id!r} is not in store "
+                                       f"{self.location.location} (absent or never committed)")
+        return record
+
+    def group(self, scene_id: str) -> zarr.Group:
+        """The committed scene's zarr group."""
+        record = self._committed(scene_id)
+        return self.location.open_group(f"scenes/{scene_id}/{record.attempt}", mode="r")
+
+    def scene_attrs(self, scene_id: str) -> SceneAttrs:
+        return parse_scene_attrs(dict(self.group(scene_id).attrs),
+                                 f"scene {scene_id!r} attributes")
+
+    def manifest(self, scene_ids: list[str] | None = None) -> pa.Table:
+        """Manifest rows of committed scenes (all, or those named)."""
+        parts = []
+        for scene_id in self.scenes() if scene_ids is None else scene_ids:
+            record = self._committed(scene_id)
+            data = self.location.get(record.manifest)
+            if data is None:
+                raise StoreError(f"scene {scene_id!r}: manifest part {record.manifest} missing")
+            parts.append(from_parquet_bytes(data))
+        return pa.concat_tables(parts) if parts else MANIFEST_SCHEMA.empty_table()
+
+    # -- writing ---------------------------------------------------------------------
+    def write_scene(self, attrs: SceneAttrs, arrays: Mapping[str, np.ndarray],
+                    manifest: pa.Table, dims: Mapping[str, int]) -> CommitRecord:
+        """Write a whole scene and commit it atomically, replacing an earlier commit.
+
+        arrays: name -> data, checked against the spec (dtype, shape from `dims`).
+        """
+        if self.read_only:
+            raise PermissionError(f"store {self.location.location} is open read-only")
+        scene_id = validate_scene_id(attrs.scene_id)
+        attempt = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+        prefix = f"scenes/{scene_id}/{attempt}"
+        self._ensure_group("scenes")
+        self._ensure_group(f"scenes/{scene_id}")
+        group = self.location.open_group(prefix, mode="w")
+        group.attrs.update(attrs.model_dump(mode="json"))
+        records = {}
+        for name, data in arrays.items():
+            spec = ARRAYS[name]
+            data = np.asarray(data)
+            expected = tuple(dims[d] if isinstance(d, str) else d for d in spec.shape)
+            if data.dtype != np.dtype(spec.dtype) or data.shape != expected:
+                raise SchemaViolationError(
+                    f"scene {scene_id!r}, array {name}: got {data.dtype} {data.shape}, "
+                    f"the schema wants {spec.dtype} {expected}")
+            chunks, shards = chunk_layout(spec, data.shape)
+            array = group.create_array(
+                name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                compressors=compressors_for(spec), fill_value=0,
+                dimension_names=[str(d) if isinstance(d, str) else f"{name}_{i}"
+                                 for i, d in enumerate(spec.shape)],
+                attributes={"units": spec.units, "stage": spec.stage})
+            array[...] = data
+            records[name] = ArrayRecord(shape=list(data.shape), dtype=str(data.dtype),
+                                        sha256=array_sha256(data),
+                                        stored_bytes=self.location.size_under(f"{prefix}/{name}"))
+        manifest_key = f"manifest/{scene_id}/{attempt}.parquet"
+        manifest_bytes = to_parquet_bytes(manifest)
+        self.location.put(manifest_key, manifest_bytes)
+        record = CommitRecord(
+            scene_id=scene_id, attempt=attempt, schema_version=SCHEMA_VERSION,
+            committed_at=datetime.now(UTC), num_samples=manifest.num_rows,
+            manifest=manifest_key, manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+            arrays=records)
+        self.location.put(f"commits/{scene_id}.json",
+                          record.model_dump_json(indent=1).encode())
+        self.remove_stale_attempts(scene_id)
+        return record
+
+    def remove_stale_attempts(self, scene_id: str) -> list[str]:
+        """Delete data and manifest parts of a scene that its commit does not point to
+        (left by a replaced commit or a killed writer). Returns what was removed."""
+        record = self.commit(scene_id)
+        keep = record.attempt if record else None
+        removed = []
+        for attempt in self.location.children(f"scenes/{scene_id}"):
+            if attempt != keep and attempt != "zarr.json":
+                self.location.delete(f"scenes/{scene_id}/{attempt}")
+                removed.append(f"scenes/{scene_id}/{attempt}")
+        for part in self.location.children(f"manifest/{scene_id}"):
+            if part != f"{keep}.parquet":
+                self.location.delete(f"manifest/{scene_id}/{part}")
+                removed.append(f"manifest/{scene_id}/{part}")
+        return removed
+
+    def delete_scene(self, scene_id: str) -> None:
+        """Uncommit a scene (commit record first), then remove its data."""
+        validate_scene_id(scene_id)
+        self.location.delete(f"commits/{scene_id}.json")
+        self.location.delete(f"scenes/{scene_id}")
+        self.location.delete(f"manifest/{scene_id}")
+
+    def _ensure_group(self, path: str) -> None:
+        if not self.location.exists(f"{path}/zarr.json"):
+            self.location.open_group(path, mode="a")
+
+
+def open_store(location: str | Path, mode: str = "r",
+               storage_options: dict[str, Any] | None = None) -> Store:
+    """Open an existing store; read-only unless mode is "a"."""
+    loc = Location(location, read_only=mode == "r", storage_options=storage_options)
+    raw = loc.get("zarr.json")
+    if raw is None:
+        raise NotAStoreError(f"{location} is not a distillprep store (no zarr.json)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise NotAStoreError(f"{location}: zarr.json is not valid JSON") from None
+    attributes = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    if not isinstance(attributes, dict) or attributes.get("format") != STORE_FORMAT:
+        raise NotAStoreError(f"{location} is a zarr hierarchy but not a distillprep store "
+                             f"(root attribute format != {STORE_FORMAT!r})")
+    return Store(loc, parse_store_attrs(attributes, f"{location}: root attributes"))
+
+
+def create_store(location: str | Path, dataset: str, dataset_version: str,
+                 storage_options: dict[str, Any] | None = None) -> Store:
+    """Open a store for writing, creating it when it does not exist yet."""
+    loc = Location(location, read_only=False, storage_options=storage_options)
+    if loc.exists("zarr.json"):
+        store = open_store(location, mode="a", storage_options=storage_options)
+        if (store.attrs.dataset, store.attrs.dataset_version) != (dataset, dataset_version):
+            raise StoreError(f"store {location} holds {store.attrs.dataset} "
+                             f"{store.attrs.dataset_version}, not {dataset} {dataset_version}")
+        return store
+    attrs = StoreAttrs(format=STORE_FORMAT, schema_version=SCHEMA_VERSION, dataset=dataset,
+                       dataset_version=dataset_version, package_version=package_version(),
+                       created=datetime.now(UTC))
+    group = loc.open_group("", mode="a")
+    group.attrs.update(attrs.model_dump(mode="json"))
+    return Store(loc, attrs)
+

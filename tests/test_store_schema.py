@@ -1,0 +1,83 @@
+"""The store's schema as types: checked-in JSON Schemas, parsing of untrusted metadata."""
+
+from pathlib import Path
+
+import pytest
+from store_helpers import scene_attrs
+
+from distillprep.storage_schemas.attrs import (
+    SCHEMA_VERSION,
+    parse_commit,
+    parse_scene_attrs,
+    parse_store_attrs,
+)
+from distillprep.storage_schemas.errors import MetadataError, SchemaVersionError, StoreError
+from distillprep.storage_schemas.schema_files import SCHEMA_DIR, generated
+from distillprep.storage_schemas.spec import ARRAYS, resolve_shape
+
+
+def test_checked_in_json_schemas_match_the_code():
+    files = generated()
+    on_disk = {p.name for p in SCHEMA_DIR.glob("*.json")}
+    assert on_disk == set(files), "run: python -m distillprep.storage_schemas.schema_files"
+    for name, text in files.items():
+        assert (SCHEMA_DIR / name).read_text() == text, (
+            f"{name} drifted from the code; regenerate with "
+            "python -m distillprep.storage_schemas.schema_files")
+
+
+def test_every_array_spec_round_trips_through_json():
+    for spec in ARRAYS.values():
+        assert type(spec).model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_resolve_shape_names_the_missing_dimension():
+    assert resolve_shape(ARRAYS["lidar_depth"], {"N": 2, "H": 3, "W": 4}) == (2, 3, 4)
+    with pytest.raises(KeyError, match="'H'"):
+        resolve_shape(ARRAYS["lidar_depth"], {"N": 2, "W": 4})
+
+
+def _store_raw(**changes):
+    raw = {"format": "distillprep-store", "schema_version": SCHEMA_VERSION,
+           "dataset": "nuscenes", "dataset_version": "v1.0-mini", "package_version": "0.1.0",
+           "created": "2026-11-24T00:00:00+00:00"}
+    raw.update(changes)
+    return raw
+
+
+def test_store_attrs_round_trip_and_errors():
+    attrs = parse_store_attrs(_store_raw())
+    assert parse_store_attrs(attrs.model_dump(mode="json")) == attrs
+    with pytest.raises(SchemaVersionError, match="newer"):
+        parse_store_attrs(_store_raw(schema_version=SCHEMA_VERSION + 1))
+    with pytest.raises(SchemaVersionError, match="older.*ingest --force"):
+        parse_store_attrs(_store_raw(schema_version=0))
+    with pytest.raises(MetadataError, match="format"):
+        parse_store_attrs(_store_raw(format="something-else"))
+    with pytest.raises(MetadataError, match="dataset"):
+        parse_store_attrs({k: v for k, v in _store_raw().items() if k != "dataset"})
+    with pytest.raises(MetadataError, match="expected a JSON object"):
+        parse_store_attrs([1, 2])
+    assert issubclass(MetadataError, StoreError) and issubclass(SchemaVersionError, StoreError)
+
+
+def test_scene_attrs_round_trip_and_refuse_escaping_ids():
+    attrs = scene_attrs("scene-1", 4, 2, 8, 8)
+    assert parse_scene_attrs(attrs.model_dump(mode="json")) == attrs
+    raw = attrs.model_dump(mode="json")
+    raw["scene_id"] = "../../evil"
+    with pytest.raises(MetadataError, match="scene_id.*slash"):
+        parse_scene_attrs(raw)
+    raw = attrs.model_dump(mode="json")
+    raw["width"] = 0
+    with pytest.raises(MetadataError, match="width"):
+        parse_scene_attrs(raw)
+
+
+def test_commit_record_parse_errors():
+    with pytest.raises(MetadataError, match="attempt"):
+        parse_commit({"scene_id": "a"})
+
+
+def test_schema_dir_is_shipped_in_the_package():
+    assert SCHEMA_DIR == Path(__file__).resolve().parents[1] / "storage_schemas" / "json"
