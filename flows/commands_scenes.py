@@ -6,6 +6,8 @@ from pathlib import Path
 
 from distillprep.scenes.errors import SceneError
 
+from .cli_common import emit
+
 
 def add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic dataset with exact ground truth")
@@ -40,7 +42,7 @@ def _run_synth(args) -> int:
                    progress=None if args.json else lambda it, **kw: tqdm(it, unit="capture", **kw))
     report = {"out": str(out), "format": args.format, "version": args.version,
               "scenes": args.scenes, "frames": args.frames}
-    report(args, report, f"wrote {args.scenes} {args.format} scene(s) to {out}")
+    emit(args, report, f"wrote {args.scenes} {args.format} scene(s) to {out}")
     return 0
 
 
@@ -71,7 +73,7 @@ def _run_scenes(args) -> int:
                      f"{s['duration_s']:6.1f} s")
     for f in read.failures:
         lines.append(f"  SKIPPED {f.scene}: {f.error}")
-    report(args, report, "\n".join(lines))
+    emit(args, report, "\n".join(lines))
     return 1 if read.failures else 0
 
 
@@ -120,7 +122,7 @@ def _run_preview(args) -> int:
     Image.fromarray(frame_preview(frame, depth_of)).save(args.out)
     report = {"png": str(args.out), "scene_id": scene.scene_id, "frame": args.frame,
               "depth": source}
-    report(args, report, f"preview of {scene.scene_id} frame {args.frame} ({source}): "
+    emit(args, report, f"preview of {scene.scene_id} frame {args.frame} ({source}): "
             f"{args.out}")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_common import report
+from .cli_common import emit
 
 
 def add_ingest(sub) -> None:
@@ -38,7 +38,7 @@ def run_ingest(args) -> int:
     lines = [f"{args.out}: wrote {len(result.written)} scene(s), skipped "
              f"{len(result.skipped)} already committed (use --force to rewrite)"]
     lines += [f"  FAILED {scene}: {why}" for scene, why in result.failed.items()]
-    report(args, {"store": str(args.out), **result.to_json()}, "\n".join(lines))
+    emit(args, {"store": str(args.out), **result.to_json()}, "\n".join(lines))
     return 1 if result.failed else 0
 
 
@@ -55,7 +55,7 @@ def run_validate(args) -> int:
     from distillprep.storage_schemas.validate import format_report, validate_store
 
     result = validate_store(args.store, deep=args.deep)
-    report(args, result.to_json(), format_report(result))
+    emit(args, result.to_json(), format_report(result))
     return result.exit_code
 
 
@@ -82,7 +82,7 @@ def run_inspect(args) -> int:
             previews += [str(p) for p in write_previews(store, scene_id, args.png)]
         summary["previews"] = previews
         text += "\n  previews:\n" + "\n".join(f"    {p}" for p in previews)
-    report(args, summary, text)
+    emit(args, summary, text)
     return 0
 
 
