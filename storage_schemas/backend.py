@@ -21,6 +21,12 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
+def is_temp_name(name: str) -> bool:
+    """A temporary file of an atomic write (ours: `.<name>.<random>.tmp`; zarr's local
+    store: `<name>.<uuid>.partial`), left behind only when a writer was killed."""
+    return (name.startswith(".") and name.endswith(".tmp")) or name.endswith(".partial")
+
+
 class Location:
     """A store root, local or remote."""
 
@@ -34,6 +40,12 @@ class Location:
             self.root = self.root.rstrip("/")
         else:
             self.fs, self.root = None, str(Path(self.location).resolve())
+
+    def sub(self, prefix: str) -> Location:
+        """The same store rooted at `prefix`: zarr writes through it never touch anything
+        above that prefix (zarr otherwise rewrites parent group metadata)."""
+        return Location(f"{self.location.rstrip('/')}/{prefix}", self.read_only,
+                        self.storage_options)
 
     def zarr_store(self):
         if self.fs is None:

@@ -43,7 +43,7 @@ from .attrs import (
     parse_scene_attrs,
     parse_store_attrs,
 )
-from .backend import Location
+from .backend import Location, is_temp_name
 from .errors import NotAStoreError, SceneIncompleteError, SchemaViolationError, StoreError
 from .manifest import MANIFEST_SCHEMA, from_parquet_bytes, to_parquet_bytes
 from .spec import ARRAYS, ArraySpec
@@ -159,7 +159,7 @@ class Store:
         prefix = f"scenes/{scene_id}/{attempt}"
         self._ensure_group("scenes")
         self._ensure_group(f"scenes/{scene_id}")
-        group = self.location.open_group(prefix, mode="w")
+        group = self.location.sub(prefix).open_group("", mode="w")
         group.attrs.update(attrs.model_dump(mode="json"))
         records = {}
         for name, data in arrays.items():
@@ -196,10 +196,16 @@ class Store:
 
     def remove_stale_attempts(self, scene_id: str) -> list[str]:
         """Delete data and manifest parts of a scene that its commit does not point to
-        (left by a replaced commit or a killed writer). Returns what was removed."""
+        (left by a replaced commit or a killed writer), and its commit's temporary files.
+        Only this scene's keys are touched: writers of other scenes may be at work.
+        Returns what was removed."""
         record = self.commit(scene_id)
         keep = record.attempt if record else None
         removed = []
+        for name in self.location.children("commits"):
+            if is_temp_name(name) and name.startswith(f".{scene_id}.json."):
+                self.location.delete(f"commits/{name}")
+                removed.append(f"commits/{name}")
         for attempt in self.location.children(f"scenes/{scene_id}"):
             if attempt != keep and attempt != "zarr.json":
                 self.location.delete(f"scenes/{scene_id}/{attempt}")
@@ -218,8 +224,11 @@ class Store:
         self.location.delete(f"manifest/{scene_id}")
 
     def _ensure_group(self, path: str) -> None:
+        # Written whole and atomically by us, so that concurrent writers of other scenes
+        # never see or leave a half-written parent.
         if not self.location.exists(f"{path}/zarr.json"):
-            self.location.open_group(path, mode="a")
+            meta = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+            self.location.put(f"{path}/zarr.json", json.dumps(meta).encode())
 
 
 def open_store(location: str | Path, mode: str = "r",

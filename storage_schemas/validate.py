@@ -21,6 +21,7 @@ from distillprep.scenes.geometry import is_rotation
 from distillprep.scenes.ids import validate_scene_id
 
 from .attrs import CommitRecord, SceneAttrs, parse_scene_attrs
+from .backend import is_temp_name
 from .errors import NotAStoreError, StoreError
 from .manifest import from_parquet_bytes
 from .spec import ARRAYS, INGEST_ARRAYS
@@ -82,7 +83,14 @@ class _Checker:
 
     def run(self) -> None:
         committed = []
+        for folder in ("commits", "scenes"):
+            for name in self.store.location.children(folder):
+                if is_temp_name(name):
+                    self.warn("temp-file", f"{folder}/{name} is a temporary file left by an "
+                              "interrupted write; safe to delete")
         for name in self.store.location.children("commits"):
+            if is_temp_name(name):
+                continue
             scene_id = name[:-5] if name.endswith(".json") else name
             try:
                 validate_scene_id(scene_id)
@@ -95,7 +103,8 @@ class _Checker:
             except StoreError as exc:
                 self.error("commit-record", str(exc), scene=scene_id)
         for scene_id in self.store.location.children("scenes"):
-            if scene_id != "zarr.json" and scene_id not in committed:
+            if scene_id != "zarr.json" and scene_id not in committed and not is_temp_name(
+                    scene_id):
                 self.warn("uncommitted-scene", "data without a commit record (an interrupted "
                           "write); readers ignore it, the next write removes it", scene=scene_id)
 

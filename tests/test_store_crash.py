@@ -1,0 +1,133 @@
+"""Crash safety: a writer killed with SIGKILL in the middle of a scene leaves a valid store
+in which the killed scene is absent or complete; nothing committed before is lost; a
+re-run completes the work."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.storage_schemas.ingest import ingest
+from distillprep.storage_schemas.reader import iter_samples
+from distillprep.storage_schemas.store import create_store, open_store
+from distillprep.storage_schemas.validate import format_report, validate_store
+
+_CHILD = """
+import sys
+from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.storage_schemas.ingest import ingest
+from distillprep.storage_schemas.store import create_store
+read = read_nuscenes(sys.argv[1])
+store = create_store(sys.argv[2], "nuscenes", read.version)
+print("ready", flush=True)
+ingest(store, read.scenes, {"dataset": "nuscenes"}, force=sys.argv[3] == "force")
+"""
+
+
+def _attempts(store: Path, scene: str) -> set[str]:
+    folder = store / "scenes" / scene
+    return set(os.listdir(folder)) - {"zarr.json"} if folder.is_dir() else set()
+
+
+def _new_attempt(before: set[str], scene: str):
+    return lambda store: bool(_attempts(store, scene) - before)
+
+
+def _new_array(before: set[str], scene: str, array: str):
+    def ready(store):
+        return any((store / "scenes" / scene / a / array).is_dir()
+                   for a in _attempts(store, scene) - before)
+    return ready
+
+
+def _new_manifest(before: set[str], scene: str):
+    def ready(store):
+        folder = store / "manifest" / scene
+        parts = {p[:-8] for p in os.listdir(folder)} if folder.is_dir() else set()
+        return bool(parts - before)
+    return ready
+
+
+def _kill_when(dataset: Path, store: Path, force: bool, ready) -> bool:
+    """Run a writer and SIGKILL it as soon as `ready(store)` holds; True if it was killed
+    before finishing."""
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(dataset), str(store),
+                             "force" if force else "resume"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready(store):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.0005)
+    proc.wait()
+    return False
+
+
+def _contents(store: Path) -> dict:
+    return {(s["scene_id"], s["sample_index"]): (s["rgb"].tobytes(), s["lidar_depth"].tobytes(),
+                                                 s["cam_to_world"].tobytes())
+            for s in iter_samples(open_store(store))}
+
+
+@pytest.fixture(scope="module")
+def reference(small_store):
+    return _contents(small_store)
+
+
+@pytest.mark.parametrize("point", ["attempt-created", "mid-arrays", "manifest-written"])
+def test_killed_rewrite_keeps_every_commit(small_store, small_dataset, tmp_path, reference,
+                                           point):
+    store = Path(shutil.copytree(small_store, tmp_path / "s.zarr"))
+    commits = {p.name: p.read_bytes() for p in (store / "commits").iterdir()}
+    scene = "scene-0002"  # the second scene: scene-0001 gets rewritten whole first
+    before = _attempts(store, scene)
+    ready = {"attempt-created": _new_attempt(before, scene),
+             "mid-arrays": _new_array(before, scene, "lidar_depth"),
+             "manifest-written": _new_manifest(before, scene)}[point]
+    assert _kill_when(small_dataset, store, True, ready)
+    report = validate_store(store, deep=True)
+    assert report.ok, format_report(report)
+    assert report.scenes == 2
+    assert _contents(store) == reference  # old or new commit, never a mix, nothing lost
+    record = json.loads((store / "commits" / f"{scene}.json").read_text())
+    assert (store / "scenes" / scene / record["attempt"]).is_dir()
+    assert set(commits) == {p.name for p in (store / "commits").iterdir()}
+
+
+@pytest.mark.parametrize("point", ["attempt-created", "mid-arrays", "manifest-written"])
+def test_killed_first_write_leaves_scene_absent_and_rerun_completes(small_dataset, tmp_path,
+                                                                    reference, point):
+    store = tmp_path / "s.zarr"
+    read = read_nuscenes(small_dataset, scenes=["scene-0001"])
+    ingest(create_store(store, "nuscenes", read.version), read.scenes, {"dataset": "nuscenes"})
+    scene = "scene-0002"
+    ready = {"attempt-created": _new_attempt(set(), scene),
+             "mid-arrays": _new_array(set(), scene, "lidar_depth"),
+             "manifest-written": _new_manifest(set(), scene)}[point]
+    assert _kill_when(small_dataset, store, False, ready)
+    report = validate_store(store, deep=True)
+    assert report.ok, format_report(report)
+    scenes = open_store(store).scenes()
+    assert scenes in (["scene-0001"], ["scene-0001", "scene-0002"])
+    if scenes == ["scene-0001"]:
+        assert {f.rule for f in report.findings} <= {"uncommitted-scene", "temp-file"}
+    # The re-run skips what is committed and completes the rest.
+    reread = read_nuscenes(small_dataset)
+    again = ingest(create_store(store, "nuscenes", reread.version), reread.scenes,
+                   {"dataset": "nuscenes"})
+    assert again.skipped[0] == "scene-0001"
+    assert open_store(store).scenes() == ["scene-0001", "scene-0002"]
+    final = validate_store(store, deep=True)
+    assert final.ok and not final.findings, format_report(final)
+    assert _contents(store) == reference
+    assert np.all([len(_attempts(store, s)) == 1 for s in ("scene-0001", "scene-0002")])
