@@ -62,6 +62,7 @@ class Location:
     def exists(self, key: str) -> bool:
         if self.fs is None:
             return os.path.exists(self._full(key))
+        self.fs.invalidate_cache(self._full(key))  # other processes write here too
         return self.fs.exists(self._full(key))
 
     def get(self, key: str) -> bytes | None:
@@ -128,6 +129,7 @@ class Location:
             for dirpath, _, files in os.walk(full):
                 total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
             return total
+        self.fs.invalidate_cache(full)
         try:
             return int(self.fs.du(full, total=True))
         except FileNotFoundError:

@@ -3,7 +3,6 @@ in which the killed scene is absent or complete; nothing committed before is los
 re-run completes the work."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,56 +14,59 @@ import numpy as np
 import pytest
 
 from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.storage_schemas.backend import Location, is_temp_name
 from distillprep.storage_schemas.ingest import ingest
 from distillprep.storage_schemas.reader import iter_samples
 from distillprep.storage_schemas.store import create_store, open_store
 from distillprep.storage_schemas.validate import format_report, validate_store
 
 _CHILD = """
-import sys
+import json, sys
 from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.storage_schemas.backend import Location, is_temp_name
 from distillprep.storage_schemas.ingest import ingest
 from distillprep.storage_schemas.store import create_store
 read = read_nuscenes(sys.argv[1])
-store = create_store(sys.argv[2], "nuscenes", read.version)
+store = create_store(sys.argv[2], "nuscenes", read.version, json.loads(sys.argv[4]))
 print("ready", flush=True)
 ingest(store, read.scenes, {"dataset": "nuscenes"}, force=sys.argv[3] == "force")
 """
 
 
-def _attempts(store: Path, scene: str) -> set[str]:
-    folder = store / "scenes" / scene
-    return set(os.listdir(folder)) - {"zarr.json"} if folder.is_dir() else set()
+def _attempts(store, scene: str) -> set[str]:
+    loc = store if isinstance(store, Location) else Location(store)
+    return set(loc.children(f"scenes/{scene}")) - {"zarr.json"}
 
 
 def _new_attempt(before: set[str], scene: str):
-    return lambda store: bool(_attempts(store, scene) - before)
+    return lambda loc: bool(_attempts(loc, scene) - before)
 
 
 def _new_array(before: set[str], scene: str, array: str):
-    def ready(store):
-        return any((store / "scenes" / scene / a / array).is_dir()
-                   for a in _attempts(store, scene) - before)
+    def ready(loc):
+        return any(array in loc.children(f"scenes/{scene}/{a}")
+                   for a in _attempts(loc, scene) - before)
     return ready
 
 
 def _new_manifest(before: set[str], scene: str):
-    def ready(store):
-        folder = store / "manifest" / scene
-        parts = {p[:-8] for p in os.listdir(folder)} if folder.is_dir() else set()
+    def ready(loc):
+        parts = {p[:-8] for p in loc.children(f"manifest/{scene}") if p.endswith(".parquet")}
         return bool(parts - before)
     return ready
 
 
-def _kill_when(dataset: Path, store: Path, force: bool, ready) -> bool:
-    """Run a writer and SIGKILL it as soon as `ready(store)` holds; True if it was killed
-    before finishing."""
+def _kill_when(dataset: Path, store, force: bool, ready, storage_options=None) -> bool:
+    """Run a writer and SIGKILL it as soon as `ready(location)` holds; True if it was
+    killed before finishing."""
+    loc = Location(store, storage_options=storage_options)
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(dataset), str(store),
-                             "force" if force else "resume"], stdout=subprocess.PIPE, text=True)
+                             "force" if force else "resume", json.dumps(storage_options or {})],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
-        if ready(store):
+        if ready(loc):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return True
@@ -73,10 +75,10 @@ def _kill_when(dataset: Path, store: Path, force: bool, ready) -> bool:
     return False
 
 
-def _contents(store: Path) -> dict:
+def _contents(store, storage_options=None) -> dict:
     return {(s["scene_id"], s["sample_index"]): (s["rgb"].tobytes(), s["lidar_depth"].tobytes(),
                                                  s["cam_to_world"].tobytes())
-            for s in iter_samples(open_store(store))}
+            for s in iter_samples(open_store(store, storage_options=storage_options))}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,9 @@ def test_killed_rewrite_keeps_every_commit(small_store, small_dataset, tmp_path,
     assert _contents(store) == reference  # old or new commit, never a mix, nothing lost
     record = json.loads((store / "commits" / f"{scene}.json").read_text())
     assert (store / "scenes" / scene / record["attempt"]).is_dir()
-    assert set(commits) == {p.name for p in (store / "commits").iterdir()}
+    # A writer killed inside the commit's own atomic write leaves only a temporary file.
+    assert set(commits) == {p.name for p in (store / "commits").iterdir()
+                            if not is_temp_name(p.name)}
 
 
 @pytest.mark.parametrize("point", ["attempt-created", "mid-arrays", "manifest-written"])
@@ -131,3 +135,22 @@ def test_killed_first_write_leaves_scene_absent_and_rerun_completes(small_datase
     assert final.ok and not final.findings, format_report(final)
     assert _contents(store) == reference
     assert np.all([len(_attempts(store, s)) == 1 for s in ("scene-0001", "scene-0002")])
+
+
+def test_killed_writer_on_an_object_store(s3, small_dataset, reference):
+    """The same guarantee without rename: SIGKILL mid-scene against the S3 server."""
+    url = "s3://distillprep-test/crash"
+    read = read_nuscenes(small_dataset, scenes=["scene-0001"])
+    ingest(create_store(url, "nuscenes", read.version, storage_options=s3), read.scenes,
+           {"dataset": "nuscenes"})
+    assert _kill_when(small_dataset, url, False, _new_array(set(), "scene-0002", "lidar_depth"),
+                      storage_options=s3)
+    report = validate_store(url, deep=True, storage_options=s3)
+    assert report.ok, format_report(report)
+    assert open_store(url, storage_options=s3).scenes()[0] == "scene-0001"
+    reread = read_nuscenes(small_dataset)
+    ingest(create_store(url, "nuscenes", reread.version, storage_options=s3), reread.scenes,
+           {"dataset": "nuscenes"})
+    final = validate_store(url, deep=True, storage_options=s3)
+    assert final.ok and not final.findings, format_report(final)
+    assert _contents(url, s3) == reference
