@@ -27,6 +27,9 @@ demo: $(STAMP)
 	$(BIN)/distillprep scenes $(DEMO_OUT)/nuscenes --dataset nuscenes
 	$(BIN)/distillprep preview $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
 		--frame 0 --out $(DEMO_OUT)/preview_scene-0001_frame0.png
+	$(BIN)/distillprep ingest $(DEMO_OUT)/nuscenes --dataset nuscenes --out $(DEMO_OUT)/store.zarr --force
+	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
+	$(BIN)/distillprep inspect $(DEMO_OUT)/store.zarr --png $(DEMO_OUT)/store_previews
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -7,6 +7,7 @@ Stores open read-only unless asked otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 from PIL import Image
+from zarr.core.sync import sync
 
+from .attrs import parse_scene_attrs
 from .errors import SchemaViolationError
 from .manifest import SAMPLE_ARRAYS
 from .store import Store, open_store
@@ -39,15 +43,28 @@ class SceneReader:
 
     def __init__(self, store: Store, scene_id: str):
         self.store, self.scene_id = store, scene_id
-        self.group = store.group(scene_id)
-        self.attrs = store.scene_attrs(scene_id)
-        self.tables = {name: self.group[name][...] for name in _PER_SAMPLE_TABLES}
-        self.ego_to_world = self.group["ego_to_world"][...]
-        self.jpeg_nbytes = self.group["rgb_jpeg_nbytes"][...]
-        self.sample_arrays = [n for n in SAMPLE_ARRAYS if n in self.group]
+        # Everything opened once and concurrently (a lookup by name reads an array's
+        # metadata again); per-sample arrays stay open for concurrent block reads.
+        attributes, tables, self.sample_arrays = sync(self._open(store.group_path(scene_id)))
+        self.attrs = parse_scene_attrs(attributes, f"scene {scene_id!r} attributes")
+        self.ego_to_world = tables.pop("ego_to_world")
+        self.jpeg_nbytes = tables.pop("rgb_jpeg_nbytes")
+        self.tables = tables
 
     def __len__(self) -> int:
         return self.attrs.num_samples
+
+    async def _open(self, path: str):
+        group = await zarr.api.asynchronous.open_group(
+            store=self.store.location.zarr_store(), path=path, mode="r")
+        names = [name async for name in group.array_keys()]
+        arrays = dict(zip(names, await asyncio.gather(*(group.getitem(n) for n in names)),
+                          strict=True))
+        small = (*_PER_SAMPLE_TABLES, "ego_to_world", "rgb_jpeg_nbytes")
+        values = await asyncio.gather(*(arrays[n].getitem(Ellipsis) for n in small))
+        tables = {n: np.asarray(v) for n, v in zip(small, values, strict=True)}
+        samples = {n: arrays[n] for n in SAMPLE_ARRAYS if n in arrays}
+        return dict(group.attrs), tables, samples
 
     def _assemble(self, index: int, block: dict[str, np.ndarray], offset: int) -> dict[str, Any]:
         where = f"scene {self.scene_id!r}, sample {index}"
@@ -67,20 +84,31 @@ class SceneReader:
         """All arrays of camera sample `index`."""
         if not 0 <= index < len(self):
             raise IndexError(f"scene {self.scene_id!r} has {len(self)} samples, not {index}")
-        block = {name: self.group[name][index: index + 1] for name in self.sample_arrays}
-        return self._assemble(index, block, 0)
+        return self._assemble(index, self.read_block(index, index + 1), 0)
+
+    def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Samples start..stop-1 of every per-sample array, the arrays read concurrently
+        (their decoding overlaps on several cores)."""
+        arrays = list(self.sample_arrays.items())
+
+        async def read_all():
+            return await asyncio.gather(*(array.getitem(slice(start, stop))
+                                          for _, array in arrays))
+
+        return {name: np.asarray(data) for (name, _), data in zip(arrays, sync(read_all()),
+                                                                   strict=True)}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Samples in order, reading one shard of every array at a time."""
         step = self.shard_length()
         for start in range(0, len(self), step):
             stop = min(start + step, len(self))
-            block = {name: self.group[name][start:stop] for name in self.sample_arrays}
+            block = self.read_block(start, stop)
             for index in range(start, stop):
                 yield self._assemble(index, block, index - start)
 
     def shard_length(self) -> int:
-        array: zarr.Array = self.group["rgb_jpeg"]
+        array = self.sample_arrays["rgb_jpeg"]
         shards = array.shards or array.chunks
         return int(shards[0])
 

@@ -17,6 +17,7 @@ one attempt of one scene, so one writer owns it: no read-modify-write races.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -28,10 +29,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import zarr
+import zarr.api.asynchronous
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from distillprep.scenes.ids import validate_scene_id
 
+from . import codec_pipeline
 from .attrs import (
     SCHEMA_VERSION,
     STORE_FORMAT,
@@ -50,6 +54,8 @@ from .spec import ARRAYS, ArraySpec
 
 SHARD_TARGET_BYTES = 32 * 2**20
 """Uncompressed bytes a shard aims for: tens of MB, so a million images are few files."""
+SHARD_MAX_CHUNKS = 64
+"""At most this many samples a shard: reading larger shards got slower here (README)."""
 
 
 def package_version() -> str:
@@ -62,8 +68,8 @@ def package_version() -> str:
 
 
 def compressors_for(spec: ArraySpec):
-    if spec.codec == "zstd":
-        return [ZstdCodec(level=3)]
+    if spec.codec.startswith("zstd-"):
+        return [ZstdCodec(level=int(spec.codec[5:]))]
     if spec.codec == "blosc-lz4-shuffle":
         return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
                            typesize=np.dtype(spec.dtype).itemsize)]
@@ -77,12 +83,14 @@ def chunk_layout(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[tuple, tuple 
         return tuple(max(1, s) for s in shape), None
     chunk = (1, *shape[1:])
     chunk_bytes = max(1, int(np.prod(chunk)) * np.dtype(spec.dtype).itemsize)
-    per_shard = int(min(max(1, shape[0]), max(1, SHARD_TARGET_BYTES // chunk_bytes)))
+    per_shard = int(min(max(1, shape[0]), SHARD_MAX_CHUNKS,
+                        max(1, SHARD_TARGET_BYTES // chunk_bytes)))
     return chunk, (per_shard, *shape[1:])
 
 
 def array_sha256(data: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    """SHA-256 of an array's C-order bytes (hashed in place, no copy)."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 class Store:
@@ -125,10 +133,13 @@ class Store:
                                        f"{self.location.location} (absent or never committed)")
         return record
 
+    def group_path(self, scene_id: str) -> str:
+        """Key prefix of the committed scene's zarr group."""
+        return f"scenes/{scene_id}/{self._committed(scene_id).attempt}"
+
     def group(self, scene_id: str) -> zarr.Group:
         """The committed scene's zarr group."""
-        record = self._committed(scene_id)
-        return self.location.open_group(f"scenes/{scene_id}/{record.attempt}", mode="r")
+        return self.location.open_group(self.group_path(scene_id), mode="r")
 
     def scene_attrs(self, scene_id: str) -> SceneAttrs:
         return parse_scene_attrs(dict(self.group(scene_id).attrs),
@@ -159,28 +170,20 @@ class Store:
         prefix = f"scenes/{scene_id}/{attempt}"
         self._ensure_group("scenes")
         self._ensure_group(f"scenes/{scene_id}")
-        group = self.location.sub(prefix).open_group("", mode="w")
-        group.attrs.update(attrs.model_dump(mode="json"))
-        records = {}
-        for name, data in arrays.items():
+        arrays = {name: np.asarray(data) for name, data in arrays.items()}
+        for name, data in arrays.items():  # all checked before anything is written
             spec = ARRAYS[name]
-            data = np.asarray(data)
             expected = tuple(dims[d] if isinstance(d, str) else d for d in spec.shape)
             if data.dtype != np.dtype(spec.dtype) or data.shape != expected:
                 raise SchemaViolationError(
                     f"scene {scene_id!r}, array {name}: got {data.dtype} {data.shape}, "
                     f"the schema wants {spec.dtype} {expected}")
-            chunks, shards = chunk_layout(spec, data.shape)
-            array = group.create_array(
-                name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-                compressors=compressors_for(spec), fill_value=0,
-                dimension_names=[str(d) if isinstance(d, str) else f"{name}_{i}"
-                                 for i, d in enumerate(spec.shape)],
-                attributes={"units": spec.units, "stage": spec.stage})
-            array[...] = data
-            records[name] = ArrayRecord(shape=list(data.shape), dtype=str(data.dtype),
-                                        sha256=array_sha256(data),
-                                        stored_bytes=self.location.size_under(f"{prefix}/{name}"))
+        sync(_write_group(self.location.sub(prefix).zarr_store(),
+                          attrs.model_dump(mode="json"), arrays))
+        records = {name: ArrayRecord(shape=list(data.shape), dtype=str(data.dtype),
+                                     sha256=array_sha256(data),
+                                     stored_bytes=self.location.size_under(f"{prefix}/{name}"))
+                   for name, data in arrays.items()}
         manifest_key = f"manifest/{scene_id}/{attempt}.parquet"
         manifest_bytes = to_parquet_bytes(manifest)
         self.location.put(manifest_key, manifest_bytes)
@@ -231,9 +234,30 @@ class Store:
             self.location.put(f"{path}/zarr.json", json.dumps(meta).encode())
 
 
+async def _write_group(zarr_store, attributes: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Create a group and write its arrays concurrently (metadata writes and codec work of
+    different arrays overlap)."""
+    group = await zarr.api.asynchronous.open_group(store=zarr_store, mode="w", zarr_format=3,
+                                                   attributes=attributes)
+
+    async def write(name: str, data: np.ndarray) -> None:
+        spec = ARRAYS[name]
+        chunks, shards = chunk_layout(spec, data.shape)
+        array = await group.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+            compressors=compressors_for(spec), fill_value=0,
+            dimension_names=[str(d) if isinstance(d, str) else f"{name}_{i}"
+                             for i, d in enumerate(spec.shape)],
+            attributes={"units": spec.units, "stage": spec.stage})
+        await array.setitem(Ellipsis, data)
+
+    await asyncio.gather(*(write(name, data) for name, data in arrays.items()))
+
+
 def open_store(location: str | Path, mode: str = "r",
                storage_options: dict[str, Any] | None = None) -> Store:
     """Open an existing store; read-only unless mode is "a"."""
+    codec_pipeline.use()
     loc = Location(location, read_only=mode == "r", storage_options=storage_options)
     raw = loc.get("zarr.json")
     if raw is None:
@@ -252,6 +276,7 @@ def open_store(location: str | Path, mode: str = "r",
 def create_store(location: str | Path, dataset: str, dataset_version: str,
                  storage_options: dict[str, Any] | None = None) -> Store:
     """Open a store for writing, creating it when it does not exist yet."""
+    codec_pipeline.use()
     loc = Location(location, read_only=False, storage_options=storage_options)
     if loc.exists("zarr.json"):
         store = open_store(location, mode="a", storage_options=storage_options)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_store import bench_store
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes
@@ -88,6 +89,7 @@ def main() -> None:
         print(f"synth.dataset_seconds_per_camera_image_all_cores: "
               f"{(time.perf_counter() - start) / images:.3f}")
         bench_reader(root)
+        bench_store(root)
 
 
 if __name__ == "__main__":
