@@ -7,11 +7,28 @@ from pathlib import Path
 from .cli_common import emit
 
 
+def _storage_option_argument(parser) -> None:
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec option for a store URL, e.g. endpoint_url=http://... "
+                        "(repeatable; credentials also come from the usual environment)")
+
+
+def _storage_options(args) -> dict[str, str]:
+    options = {}
+    for item in args.storage_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option {item!r} is not KEY=VALUE")
+        options[key] = value
+    return options
+
+
 def add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="write a dataset's scenes into a store (resumable)")
     p.add_argument("dataroot", type=Path)
     p.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
     p.add_argument("--out", required=True, help="store path or URL (s3://..., memory://...)")
+    _storage_option_argument(p)
     p.add_argument("--version", default=None, help="dataset version (detected when only one)")
     p.add_argument("--scenes", nargs="+", default=None, help="scene ids (default: all)")
     p.add_argument("--sweeps", action="store_true", help="ingest sweep images too")
@@ -29,7 +46,8 @@ def run_ingest(args) -> int:
 
     read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
                         scenes=args.scenes, sweeps=args.sweeps, skip_bad=True)
-    store = create_store(args.out, args.dataset, read.version)
+    store = create_store(args.out, args.dataset, read.version,
+                         storage_options=_storage_options(args))
     config = {"dataset": args.dataset, "version": read.version, "sweeps": args.sweeps}
     result = ingest(store, read.scenes, config, force=args.force,
                     progress=None if args.json else lambda it: tqdm(it, unit="scene"))
@@ -46,6 +64,7 @@ def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a store against its schema (exit 0 valid, "
                        "1 broken rules, 2 not a store)")
     p.add_argument("store")
+    _storage_option_argument(p)
     p.add_argument("--deep", action="store_true", help="read every chunk, verify checksums")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_validate)
@@ -54,7 +73,7 @@ def add_validate(sub) -> None:
 def run_validate(args) -> int:
     from distillprep.storage_schemas.validate import format_report, validate_store
 
-    result = validate_store(args.store, deep=args.deep)
+    result = validate_store(args.store, deep=args.deep, storage_options=_storage_options(args))
     emit(args, result.to_json(), format_report(result))
     return result.exit_code
 
@@ -62,6 +81,7 @@ def run_validate(args) -> int:
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="sizes, compression, statistics, stages; --png previews")
     p.add_argument("store")
+    _storage_option_argument(p)
     p.add_argument("--scene", default=None, help="one scene (default: all)")
     p.add_argument("--png", type=Path, default=None, help="write preview PNGs here")
     p.add_argument("--json", action="store_true")
@@ -72,7 +92,7 @@ def run_inspect(args) -> int:
     from distillprep.storage_schemas.inspect import format_summary, summarize, write_previews
     from distillprep.storage_schemas.store import open_store
 
-    store = open_store(args.store)
+    store = open_store(args.store, storage_options=_storage_options(args))
     scenes = None if args.scene is None else [args.scene]
     summary = summarize(store, scenes)
     text = format_summary(summary)

@@ -59,3 +59,25 @@ def test_uncommitted_attempt_is_invisible_on_s3(s3, small_dataset):
     assert again.written == ["scene-0002"] and again.skipped == ["scene-0001"]
     final = validate_store(url, deep=True, storage_options=s3)
     assert final.ok and not final.findings, format_report(final)
+
+
+def test_cli_ingest_validate_inspect_on_s3(s3, small_dataset):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "distillprep")
+    url = "s3://distillprep-test/cli"
+    options = ["--storage-option", f"endpoint_url={s3['endpoint_url']}",
+               "--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    ingest_run = subprocess.run([cli, "ingest", str(small_dataset), "--out", url, *options,
+                                 "--json"], capture_output=True, text=True)
+    assert ingest_run.returncode == 0, ingest_run.stderr
+    assert json.loads(ingest_run.stdout)["written"] == ["scene-0001", "scene-0002"]
+    check = subprocess.run([cli, "validate", url, *options, "--json"], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and json.loads(check.stdout)["scenes"] == 2
+    summary = subprocess.run([cli, "inspect", url, *options, "--json"], capture_output=True,
+                             text=True)
+    assert summary.returncode == 0 and json.loads(summary.stdout)["samples"] == 36
