@@ -1,6 +1,7 @@
 """A wheel of the project installs and imports from outside the repo (not only editable)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -10,9 +11,13 @@ from conftest import REPO
 
 
 def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
+    # Built from a clean copy: setuptools' build/ folder in the checkout can hold stale files.
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "demo_out", "*.egg-info", "__pycache__", ".*_cache"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+                    "-q", "-w", str(wheels), str(source)], check=True, capture_output=True)
     [wheel] = wheels.glob("distillprep-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for pkg in ("scenes", "scenes/synthetic", "teachers", "storage_schemas", "student", "flows"):
