@@ -68,6 +68,8 @@ class SceneAttrs(_Model):
 
     scene_id: str = Field(description="safe scene id (also the group name)")
     dataset: str = Field(description="source dataset kind")
+    dataset_version: str = Field(description="source dataset version, e.g. v1.0-mini")
+    created: datetime = Field(description="when this version of the scene was written (UTC)")
     cameras: list[str] = Field(min_length=1, description="camera names; camera_index points here")
     width: int = Field(gt=0, description="image width W, pixels")
     height: int = Field(gt=0, description="image height H, pixels")

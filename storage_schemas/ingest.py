@@ -126,6 +126,8 @@ def ingest_scene(store: Store, scene: Scene, config: dict) -> CommitRecord:
                          wall_time_s=time.perf_counter() - start,
                          extra={"dataroot": scene.dataroot})
     attrs = SceneAttrs(scene_id=scene.scene_id, dataset=scene.dataset,
+                       dataset_version=str(scene.metadata.get("version", "")),
+                       created=datetime.now(UTC),
                        cameras=list(scene.camera_names), width=dims["W"], height=dims["H"],
                        num_samples=dims["N"], num_frames=dims["F"], source_files=sources,
                        stages={"ingest": record})

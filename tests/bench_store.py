@@ -66,6 +66,7 @@ def _write_all(store, payloads, suffix=""):
                         package_version="bench", finished_at=datetime.now(UTC), wall_time_s=0)
     for scene, arrays, dims, manifest, sources in payloads:
         attrs = SceneAttrs(scene_id=scene.scene_id + suffix, dataset="nuscenes",
+                           dataset_version="bench", created=datetime.now(UTC),
                            cameras=list(scene.camera_names), width=dims["W"], height=dims["H"],
                            num_samples=dims["N"], num_frames=dims["F"], source_files=sources,
                            stages={"ingest": stage})

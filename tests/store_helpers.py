@@ -14,7 +14,8 @@ from distillprep.storage_schemas.manifest import MANIFEST_SCHEMA, SAMPLE_ARRAYS
 def scene_attrs(scene_id: str, n: int, f: int, h: int, w: int) -> SceneAttrs:
     stage = StageRecord(stage="ingest", config={}, config_hash=config_hash({}),
                         package_version="test", finished_at=datetime.now(UTC), wall_time_s=0.0)
-    return SceneAttrs(scene_id=scene_id, dataset="synthetic", cameras=["CAM_FRONT"], width=w,
+    return SceneAttrs(scene_id=scene_id, dataset="synthetic", dataset_version="v0",
+                      created=datetime.now(UTC), cameras=["CAM_FRONT"], width=w,
                       height=h, num_samples=n, num_frames=f,
                       source_files=[SourceFile(path="x.jpg", size=1, sha256="0" * 64)],
                       stages={"ingest": stage})
