@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_store import bench_store
+from bench_teacher import bench_hash_grid
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes
@@ -79,6 +80,7 @@ def bench_reader(root: Path) -> None:
 
 
 def main() -> None:
+    bench_hash_grid()
     bench_generator()
     with tempfile.TemporaryDirectory() as tmp:
         config = SynthConfig(scenes=2, frames=10, width=WIDTH, height=HEIGHT, seed=1,

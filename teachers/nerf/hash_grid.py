@@ -1,0 +1,212 @@
+"""Multi-resolution hash encoding (Instant-NGP), as EmerNeRF's fields use it.
+
+`hash_encode` is the vectorised torch path: all levels at once, a Python loop only over
+the 2^d cell corners, and a custom backward that scatters table gradients with one
+`index_add_` (torch's own backward of the gather was several times slower). Beside it,
+`_hash_encode_reference` is the plainly written numpy definition the tests compare
+values and gradients against, and `hash_encode_naive` a per-level torch loop kept as the
+benchmark's baseline. On a CUDA device with tiny-cuda-nn importable, `HashGrid` uses
+tcnn's encoding of the same configuration; `HashGrid.backend` says which runs.
+
+Definition (tcnn's conventions): inputs x (N, d) in [0, 1]; level l has scale
+s_l = base * b^l - 1 with b = exp((ln max - ln base) / (levels - 1)); the point sits at
+p = x * s_l + 0.5 in grid units, its cell corner at floor(p); a level whose grid
+(ceil(s_l) + 2)^d fits the table is indexed densely, others by the spatial hash
+XOR_i(corner_i * prime_i) mod T with primes (1, 2654435761, 805459861, 3674653429);
+features are d-linearly interpolated between the 2^d corners.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PRIMES = (1, 2654435761, 805459861, 3674653429)
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """One hash grid (EmerNeRF static: 10 levels x 4 features, 16 -> 8192, 2^20)."""
+
+    input_dim: int = 3
+    """d: 3 for space, 4 for space-time."""
+    levels: int = 16
+    """Number of resolution levels L."""
+    features_per_level: int = 2
+    """Features F stored per table entry."""
+    log2_table_size: int = 19
+    """log2 of the entries T per level."""
+    base_resolution: int = 16
+    """Coarsest grid resolution."""
+    max_resolution: int = 2048
+    """Finest grid resolution."""
+
+    @property
+    def table_size(self) -> int:
+        return 1 << self.log2_table_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.levels * self.features_per_level
+
+    def scales(self) -> np.ndarray:
+        """(L,) float64 s_l of every level."""
+        if self.levels == 1:
+            return np.array([self.base_resolution - 1.0])
+        growth = math.exp((math.log(self.max_resolution) - math.log(self.base_resolution))
+                          / (self.levels - 1))
+        return np.array([self.base_resolution * growth**l - 1.0 for l in range(self.levels)])
+
+    def dense_levels(self) -> np.ndarray:
+        """(L,) bool: levels small enough to index densely (no hashing)."""
+        side = np.ceil(self.scales()) + 2
+        return side**self.input_dim <= self.table_size
+
+
+def _corner_offsets(dim: int) -> np.ndarray:
+    """(2^d, d) 0/1 offsets of a cell's corners, corner c has bit i = offset along i."""
+    return np.array([[(c >> i) & 1 for i in range(dim)] for c in range(1 << dim)])
+
+
+def _level_indices(corner: torch.Tensor, config: HashGridConfig, dense: torch.Tensor,
+                   side: torch.Tensor) -> torch.Tensor:
+    """Table index (N, L) of integer corners (N, L, d) int64, per level dense or hashed."""
+    hashed = torch.zeros_like(corner[..., 0])
+    strided = torch.zeros_like(corner[..., 0])
+    stride = torch.ones_like(side)
+    for i in range(config.input_dim):
+        hashed ^= corner[..., i] * PRIMES[i]
+        strided += corner[..., i] * stride
+        stride = stride * side
+    return torch.where(dense, strided, hashed) & (config.table_size - 1)
+
+
+def hash_encode(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) -> torch.Tensor:
+    """Encode points x (N, d) in [0, 1] with tables (L, T, F); returns (N, L * F).
+
+    Gradients flow to the table (scattered with one index_add_) and to x.
+    """
+    n, dim = x.shape
+    levels, size, features = table.shape
+    scales = torch.as_tensor(config.scales(), dtype=x.dtype, device=x.device)
+    dense = torch.as_tensor(config.dense_levels(), device=x.device)
+    side = torch.as_tensor(np.ceil(config.scales()) + 2, dtype=torch.int64, device=x.device)
+    pos = x[:, None, :] * scales[None, :, None] + 0.5  # (N, L, d)
+    base = torch.floor(pos)
+    frac = pos - base
+    base = base.to(torch.int64)
+    offsets = torch.as_tensor(_corner_offsets(dim), device=x.device)
+    index, weight = [], []
+    for corner in offsets:
+        index.append(_level_indices(base + corner, config, dense, side))
+        w = torch.where(corner.bool(), frac, 1.0 - frac)
+        weight.append(w.prod(dim=-1))
+    level_base = torch.arange(levels, device=x.device)[None, :, None] * size
+    index = torch.stack(index, dim=-1) + level_base  # (N, L, C) into the flat table
+    weight = torch.stack(weight, dim=-1)  # (N, L, C), differentiable in x
+    feats = _Gather.apply(table.reshape(levels * size, features), index, weight)
+    return feats.reshape(n, levels * features)
+
+
+class _Gather(torch.autograd.Function):
+    """features (N, L, F) = sum_c weight[n, l, c] * table_flat[index[n, l, c]], with a
+    scatter backward for the table and the plain gradient for the weights."""
+
+    @staticmethod
+    def forward(ctx, table_flat, index, weight):
+        ctx.save_for_backward(table_flat, index, weight)
+        return torch.einsum("nlcf,nlc->nlf", table_flat[index], weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        table_flat, index, weight = ctx.saved_tensors
+        grad_table = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_table = torch.zeros_like(table_flat)
+            contrib = weight[..., None] * grad[:, :, None, :]
+            grad_table.index_add_(0, index.reshape(-1), contrib.reshape(-1, table_flat.shape[1]))
+        if ctx.needs_input_grad[2]:
+            grad_weight = torch.einsum("nlcf,nlf->nlc", table_flat[index], grad)
+        return grad_table, None, grad_weight
+
+
+def hash_encode_naive(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig,
+                      ) -> torch.Tensor:
+    """The same encoding with a Python loop per level and torch's own autograd: the
+    benchmark's baseline."""
+    outputs = []
+    scales = config.scales()
+    dense = config.dense_levels()
+    offsets = _corner_offsets(x.shape[1])
+    for level in range(config.levels):
+        pos = x * float(scales[level]) + 0.5
+        base = torch.floor(pos)
+        frac = pos - base
+        base = base.to(torch.int64)
+        side = int(np.ceil(scales[level])) + 2
+        feats = 0.0
+        for corner in offsets:
+            c = base + torch.as_tensor(corner)
+            if dense[level]:
+                idx = sum(c[:, i] * side**i for i in range(x.shape[1]))
+            else:
+                idx = torch.zeros_like(c[:, 0])
+                for i in range(x.shape[1]):
+                    idx = idx ^ (c[:, i] * PRIMES[i])
+            idx = idx & (config.table_size - 1)
+            w = torch.ones_like(x[:, 0])
+            for i in range(x.shape[1]):
+                w = w * (frac[:, i] if corner[i] else 1.0 - frac[:, i])
+            feats = feats + w[:, None] * table[level][idx]
+        outputs.append(feats)
+    return torch.cat(outputs, dim=1)
+
+
+def _hash_encode_reference(x: np.ndarray, table: np.ndarray, config: HashGridConfig,
+                           ) -> np.ndarray:
+    """Plain numpy definition, one point, level and corner at a time (tests only)."""
+    n, dim = x.shape
+    out = np.zeros((n, config.levels * config.features_per_level))
+    scales = config.scales()
+    dense = config.dense_levels()
+    for p in range(n):
+        for level in range(config.levels):
+            side = int(np.ceil(scales[level])) + 2
+            pos = x[p] * scales[level] + 0.5
+            base = np.floor(pos).astype(np.int64)
+            frac = pos - base
+            acc = np.zeros(config.features_per_level)
+            for corner in _corner_offsets(dim):
+                c = base + corner
+                if dense[level]:
+                    idx = sum(int(c[i]) * side**i for i in range(dim))
+                else:
+                    idx = 0
+                    for i in range(dim):
+                        idx ^= (int(c[i]) * PRIMES[i]) & 0xFFFFFFFF
+                idx %= config.table_size
+                w = np.prod([frac[i] if corner[i] else 1 - frac[i] for i in range(dim)])
+                acc += w * table[level, idx]
+            f = config.features_per_level
+            out[p, level * f:(level + 1) * f] = acc
+    return out
+
+
+class HashGrid(torch.nn.Module):
+    """A trainable hash grid: tables (L, T, F) initialised uniformly in +-1e-4."""
+
+    def __init__(self, config: HashGridConfig, seed: int = 0):
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(
+            (torch.rand(config.levels, config.table_size, config.features_per_level,
+                        generator=generator) * 2 - 1) * 1e-4)
+        self.backend = "torch"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, d) in [0, 1] -> (N, L * F)."""
+        return hash_encode(x, self.table, self.config)
