@@ -1,0 +1,55 @@
+"""Volume rendering along rays: weights, opacity, expected depth and composited values.
+
+Each ray r has S samples with intervals [t_start, t_end) (metres along the ray, unit
+direction) and densities sigma (1/m). With delta = t_end - t_start, alpha_i = 1 -
+exp(-sigma_i delta_i), transmittance T_i = prod_{j<i} (1 - alpha_j) and weight w_i =
+T_i alpha_i: opacity = sum_i w_i, expected depth = sum_i w_i t_mid_i (+ (1 - opacity) *
+background depth where one is given), colour = sum_i w_i c_i + (1 - opacity) * sky.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def render_weights(sigma: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor,
+                   ) -> torch.Tensor:
+    """Weights (R, S) from densities (R, S) >= 0 and intervals (R, S)."""
+    tau = sigma * (t_end - t_start)
+    # Transmittance before each sample: exp of the exclusive cumulative sum (stable).
+    before = torch.cumsum(tau, dim=-1) - tau
+    return torch.exp(-before) * (1.0 - torch.exp(-tau))
+
+
+def composite(weights: torch.Tensor, values: torch.Tensor,
+              background: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i w_i v_i (+ (1 - opacity) * background): weights (R, S), values (R, S, C),
+    background (R, C) or None; returns (R, C)."""
+    out = (weights[..., None] * values).sum(dim=-2)
+    if background is not None:
+        out = out + (1.0 - weights.sum(dim=-1, keepdim=True)) * background
+    return out
+
+
+def expected_depth(weights: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor,
+                   normalize: bool = False) -> torch.Tensor:
+    """Expected ray distance (R,) of the rendered surface; with `normalize`, divided by the
+    opacity (the depth of what is there, whatever its opacity)."""
+    depth = (weights * (t_start + t_end) * 0.5).sum(dim=-1)
+    if normalize:
+        depth = depth / weights.sum(dim=-1).clamp_min(1e-10)
+    return depth
+
+
+def _render_weights_reference(sigma: np.ndarray, t_start: np.ndarray, t_end: np.ndarray,
+                              ) -> np.ndarray:
+    """One ray and one sample at a time (tests only)."""
+    weights = np.zeros_like(sigma)
+    for r in range(sigma.shape[0]):
+        transmittance = 1.0
+        for i in range(sigma.shape[1]):
+            alpha = 1.0 - np.exp(-sigma[r, i] * (t_end[r, i] - t_start[r, i]))
+            weights[r, i] = transmittance * alpha
+            transmittance *= 1.0 - alpha
+    return weights
