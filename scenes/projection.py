@@ -9,6 +9,26 @@ from .model import CameraSample
 MIN_DEPTH = 0.5
 
 
+def pixel_rays(intrinsics: np.ndarray, cam_to_world: np.ndarray, pixels: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Rays through pixel positions (M, 2) (column, row; OpenCV: integers are pixel
+    centres) of a camera with K (3, 3) and cam_to_world (4, 4).
+
+    Returns the origin (3,) world and directions (M, 3) world scaled so that their
+    camera-frame z is 1: the ray parameter at a point is its depth along the camera axis.
+    """
+    pix = np.column_stack([np.asarray(pixels, dtype=np.float64), np.ones(len(pixels))])
+    cam = pix @ np.linalg.inv(intrinsics).T
+    cam /= cam[:, 2:3]
+    return cam_to_world[:3, 3].copy(), cam @ cam_to_world[:3, :3].T
+
+
+def image_pixels(width: int, height: int) -> np.ndarray:
+    """(H * W, 2) float64 (column, row) of every pixel centre, row-major."""
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    return np.column_stack([u.ravel(), v.ravel()])
+
+
 def project_points(sample: CameraSample, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixel indices of points (N, 3) world that land inside the image, nearest pixel centre.
 

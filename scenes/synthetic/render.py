@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..projection import image_pixels, pixel_rays
 from .raycast import Hits, cast_rays
 from .shading import albedo, shade
 from .world import World
@@ -70,14 +71,10 @@ class LidarScan:
 def camera_rays(intrinsics: np.ndarray, cam_to_world: np.ndarray, width: int, height: int,
                 offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """Ray origin (1, 3) world and directions (H*W, 3) world with camera-frame z = 1, for
-    pixel centres (OpenCV convention) shifted by `offset` pixels (du, dv)."""
-    u, v = np.meshgrid(np.arange(width, dtype=np.float64) + offset[0],
-                       np.arange(height, dtype=np.float64) + offset[1])
-    pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
-    cam = pix @ np.linalg.inv(intrinsics).T
-    cam /= cam[:, 2:3]
-    dirs = cam @ cam_to_world[:3, :3].T
-    return cam_to_world[None, :3, 3].copy(), dirs
+    every pixel centre (OpenCV convention) shifted by `offset` pixels (du, dv)."""
+    origin, dirs = pixel_rays(intrinsics, cam_to_world,
+                              image_pixels(width, height) + np.asarray(offset))
+    return origin[None], dirs
 
 
 def render_view(world: World, intrinsics: np.ndarray, cam_to_world: np.ndarray, t: float,
