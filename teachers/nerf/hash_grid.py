@@ -5,8 +5,9 @@ the 2^d cell corners, and a custom backward that scatters table gradients with o
 `index_add_` (torch's own backward of the gather was several times slower). Beside it,
 `_hash_encode_reference` is the plainly written numpy definition the tests compare
 values and gradients against, and `hash_encode_naive` a per-level torch loop kept as the
-benchmark's baseline. On a CUDA device with tiny-cuda-nn importable, `HashGrid` uses
-tcnn's encoding of the same configuration; `HashGrid.backend` says which runs.
+benchmark's baseline. `HashGrid.backend` names the implementation that runs: `torch`
+today; tiny-cuda-nn's encoding of the same configuration is to join it behind this
+interface for CUDA devices (not written yet: no GPU was available to test it).
 
 Definition (tcnn's conventions): inputs x (N, d) in [0, 1]; level l has scale
 s_l = base * b^l - 1 with b = exp((ln max - ln base) / (levels - 1)); the point sits at
