@@ -80,12 +80,16 @@ def check_scene_for_fit(scene: Scene, min_frames: int = MIN_FRAMES) -> None:
                                  f"{BLACK_IMAGE_MEAN}): a broken camera or export")
 
 
-def camera_rays(scene: Scene, frames: list[int], stride: int = 1) -> CameraRays:
-    """Rays of every `stride`-th pixel (both axes) of every camera image of `frames`."""
+def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
+                cameras: list[str] | None = None) -> CameraRays:
+    """Rays of every `stride`-th pixel (both axes) of every camera image of `frames` (of
+    the named cameras only, when given)."""
     t0 = scene.frames[0].timestamp_us
     parts = []
     for f in frames:
-        for sample in scene.frames[f].cameras.values():
+        for name, sample in scene.frames[f].cameras.items():
+            if cameras is not None and name not in cameras:
+                continue
             pixels = image_pixels(sample.width, sample.height)
             cols, rows = pixels[:, 0].astype(int), pixels[:, 1].astype(int)
             keep = (cols % stride == 0) & (rows % stride == 0)

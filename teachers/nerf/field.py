@@ -1,0 +1,79 @@
+"""The static neural field: hash-grid geometry, view-dependent colour with a per-camera
+appearance embedding, and a sky head that sees only the view direction (EmerNeRF's
+decomposition, static part; the time-conditioned dynamic field joins it later)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .contraction import SceneBox, contract
+from .hash_grid import HashGrid, HashGridConfig
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """Sizes of the static field."""
+
+    grid: HashGridConfig = field(default_factory=HashGridConfig)
+    """The geometry hash grid."""
+    hidden: int = 64
+    """Width of every MLP."""
+    geometry_features: int = 15
+    """Features passed from the density MLP to the colour head."""
+    direction_frequencies: int = 4
+    """Sin/cos frequencies of the view-direction encoding."""
+    appearance_dim: int = 8
+    """Per-camera appearance embedding size (0: none)."""
+
+
+def encode_direction(d: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """Unit directions (..., 3) -> (..., 3 + 6 * frequencies) with sin/cos features."""
+    bands = 2.0 ** torch.arange(frequencies, device=d.device, dtype=d.dtype) * torch.pi
+    scaled = d[..., None] * bands  # (..., 3, F)
+    return torch.cat([d, torch.sin(scaled).flatten(-2), torch.cos(scaled).flatten(-2)], -1)
+
+
+def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+class StaticField(nn.Module):
+    def __init__(self, config: FieldConfig, box: SceneBox, num_cameras: int):
+        super().__init__()
+        self.config, self.box = config, box
+        self.grid = HashGrid(config.grid)
+        self.density_mlp = _mlp(config.grid.output_dim, config.hidden,
+                                1 + config.geometry_features)
+        direction_dim = 3 + 6 * config.direction_frequencies
+        self.appearance = nn.Embedding(max(1, num_cameras), max(1, config.appearance_dim))
+        extra = config.appearance_dim
+        self.color_mlp = nn.Sequential(
+            nn.Linear(config.geometry_features + direction_dim + extra, config.hidden),
+            nn.ReLU(), nn.Linear(config.hidden, config.hidden), nn.ReLU(),
+            nn.Linear(config.hidden, 3))
+        self.sky_mlp = _mlp(direction_dim + extra, config.hidden, 3)
+
+    def density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (P, 3) world -> density (P,) 1/m and geometry features (P, G)."""
+        raw = self.density_mlp(self.grid(contract(points, self.box)))
+        # exp with a clamp (EmerNeRF's trunc_exp): density spans orders of magnitude
+        sigma = torch.exp(raw[:, 0].clamp(max=15.0) - 1.0)
+        return sigma, raw[:, 1:]
+
+    def color(self, features: torch.Tensor, directions: torch.Tensor,
+              camera: torch.Tensor) -> torch.Tensor:
+        """features (P, G), unit directions (P, 3) world, camera ids (P,) -> rgb (P, 3)."""
+        parts = [features, encode_direction(directions, self.config.direction_frequencies)]
+        if self.config.appearance_dim:
+            parts.append(self.appearance(camera))
+        return torch.sigmoid(self.color_mlp(torch.cat(parts, dim=-1)))
+
+    def sky(self, directions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """Sky colour (R, 3) from unit view directions (R, 3) world only."""
+        parts = [encode_direction(directions, self.config.direction_frequencies)]
+        if self.config.appearance_dim:
+            parts.append(self.appearance(camera))
+        return torch.sigmoid(self.sky_mlp(torch.cat(parts, dim=-1)))
