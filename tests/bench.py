@@ -6,13 +6,14 @@ something measured in the same run, never an absolute threshold.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from bench_store import bench_store
-from bench_teacher import bench_hash_grid
+from bench_teacher import bench_hash_grid, bench_teacher_fit
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes
@@ -92,6 +93,8 @@ def main() -> None:
               f"{(time.perf_counter() - start) / images:.3f}")
         bench_reader(root)
         bench_store(root)
+    # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
+    bench_teacher_fit(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")))
 
 
 if __name__ == "__main__":

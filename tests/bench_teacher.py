@@ -35,3 +35,80 @@ def bench_hash_grid() -> None:
 
 if __name__ == "__main__":
     bench_hash_grid()
+
+
+def bench_teacher_fit(minutes: float) -> None:
+    """Fit a static teacher on a synthetic scene (320x180, 6 cameras, 10 keyframes, two
+    held out) for `minutes` of wall time and print its figures against exact ground
+    truth, beside the LiDAR-only baseline, with a table of how they moved."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from distillprep.scenes.nuscenes import read_nuscenes
+    from distillprep.scenes.synthetic.generate import SynthConfig, generate
+    from distillprep.scenes.synthetic.truth import load_ground_truth_depth
+    from distillprep.teachers.nerf.evaluate import depth_metrics, lidar_nearest_fill, psnr
+    from distillprep.teachers.nerf.fit import FitConfig, fit, render_image
+    from distillprep.teachers.nerf.rays import holdout_frames
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate(Path(tmp) / "nuscenes", "nuscenes",
+                        SynthConfig(scenes=1, frames=10, width=320, height=180, seed=3))
+        scene = read_nuscenes(root).scenes[0]
+        train, held = holdout_frames(len(scene.frames), 2)
+
+        def score(teacher, cameras):
+            rows = {"psnr": [], "teacher": [], "teacher_no_lidar": [], "lidar": [],
+                    "lidar_no_lidar": []}
+            for f in held:
+                points = scene.frames[f].lidar_points().points
+                for cam in cameras:
+                    sample = scene.frames[f].cameras[cam]
+                    out = render_image(teacher, scene, f, cam)
+                    gt = load_ground_truth_depth(root, sample.source_file)
+                    base, has_return = lidar_nearest_fill(sample, points)
+                    solid = gt > 0
+                    rows["psnr"].append(psnr(out["rgb"], sample.load_image() / 255.0))
+                    rows["teacher"].append(depth_metrics(out["depth"], gt, solid))
+                    rows["teacher_no_lidar"].append(
+                        depth_metrics(out["depth"], gt, solid & ~has_return))
+                    rows["lidar"].append(depth_metrics(base, gt, solid))
+                    rows["lidar_no_lidar"].append(depth_metrics(base, gt, solid & ~has_return))
+            return {"psnr": float(np.mean(rows["psnr"])),
+                    **{f"{k}.{m}": float(np.mean([r[m] for r in v]))
+                       for k, v in rows.items() if k != "psnr"
+                       for m in ("abs_rel", "delta_1_25")}}
+
+        table, eval_seconds, marks = [], [0.0], [minutes * 60 * (i + 1) / 4 for i in range(4)]
+
+        def callback(step, record, teacher):
+            fit_seconds = record["seconds"] - eval_seconds[0]
+            if marks and fit_seconds >= marks[0]:
+                marks.pop(0)
+                start = time.perf_counter()
+                figures = score(teacher, ["CAM_FRONT"])
+                eval_seconds[0] += time.perf_counter() - start
+                table.append((step, fit_seconds, figures))
+            return not marks
+
+        config = FitConfig(steps=10**9, camera_rays=4096, lidar_rays=1024, log_every=5)
+        start = time.perf_counter()
+        teacher, cams = fit(scene, train, config, callback=callback)
+        wall = time.perf_counter() - start - eval_seconds[0]
+        steps = teacher.history[-1]["step"]
+        print(f"teacher.fit_minutes: {wall / 60:.1f}")
+        print(f"teacher.steps: {steps}")
+        print(f"teacher.camera_rays_per_s: {steps * config.camera_rays / wall:.0f}")
+        print("teacher.progress (step, minutes, held-out PSNR front cameras, depth AbsRel):")
+        for step, seconds, figures in table:
+            print(f"  {step:6d} {seconds / 60:6.1f} {figures['psnr']:7.2f} "
+                  f"{figures['teacher.abs_rel']:7.3f}")
+        final = score(teacher, list(scene.camera_names))
+        print(f"teacher.heldout_psnr_db: {final['psnr']:.2f}")
+        for who in ("teacher", "lidar"):
+            for where, key in (("non_sky", who), ("no_lidar_return", f"{who}_no_lidar")):
+                print(f"{who}.depth_abs_rel.{where}: {final[key + '.abs_rel']:.3f}")
+                print(f"{who}.depth_delta_1_25.{where}: {final[key + '.delta_1_25']:.3f}")

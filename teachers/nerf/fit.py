@@ -44,6 +44,8 @@ class FitConfig:
     """Train on every n-th pixel in both axes (1: all)."""
     seed: int = 0
     """Seed of initialisation and ray sampling."""
+    log_every: int = 50
+    """Steps between history records (and callback calls)."""
 
 
 @dataclass
@@ -93,7 +95,8 @@ def fit(scene: Scene, frames: list[int], config: FitConfig,
         callback=None) -> tuple[Teacher, CameraRays]:
     """Fit a static teacher to `frames` of `scene`; returns it and its training rays.
 
-    callback(step, record) is called every 50 steps with the running losses.
+    callback(step, record, teacher) is called every `log_every` steps with the losses;
+    when it returns True the fit stops there.
     """
     check_scene_for_fit(scene)
     cams = camera_rays(scene, frames, stride=config.pixel_stride)
@@ -124,14 +127,14 @@ def fit(scene: Scene, frames: list[int], config: FitConfig,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 50 == 0 or step == config.steps:
+        if step % config.log_every == 0 or step == config.steps:
             record = {"step": step, "rgb_loss": rgb_loss.item(),
                       "psnr": -10 * np.log10(max(rgb_loss.item(), 1e-10)),
                       "depth_loss": depth_loss.item(),
                       "seconds": time.perf_counter() - start}
             teacher.history.append(record)
-            if callback is not None:
-                callback(step, record)
+            if callback is not None and callback(step, record, teacher):
+                break
     return teacher, cams
 
 
