@@ -72,17 +72,21 @@ def _corner_offsets(dim: int) -> np.ndarray:
     return np.array([[(c >> i) & 1 for i in range(dim)] for c in range(1 << dim)])
 
 
-def _level_indices(corner: torch.Tensor, config: HashGridConfig, dense: torch.Tensor,
+def _level_indices(corner: torch.Tensor, config: HashGridConfig, dense_count: int,
                    side: torch.Tensor) -> torch.Tensor:
-    """Table index (N, L) of integer corners (N, L, d) int64, per level dense or hashed."""
-    hashed = torch.zeros_like(corner[..., 0])
-    strided = torch.zeros_like(corner[..., 0])
-    stride = torch.ones_like(side)
+    """Table index (N, L) int64 of integer corners (N, L, d) int64: the first
+    `dense_count` levels (the coarse ones) indexed densely, the others hashed, each level
+    computing only its own kind (int64 products of corners < 2^15 and 32-bit primes
+    cannot overflow; int32 arithmetic measured slower here)."""
+    coarse, fine = corner[:, :dense_count], corner[:, dense_count:]
+    strided = torch.zeros_like(coarse[..., 0])
+    stride = torch.ones_like(side[:dense_count])
+    hashed = torch.zeros_like(fine[..., 0])
     for i in range(config.input_dim):
-        hashed ^= corner[..., i] * PRIMES[i]
-        strided += corner[..., i] * stride
-        stride = stride * side
-    return torch.where(dense, strided, hashed) & (config.table_size - 1)
+        strided += coarse[..., i] * stride
+        stride = stride * side[:dense_count]
+        hashed ^= fine[..., i] * PRIMES[i]
+    return torch.cat([strided, hashed], dim=1) & (config.table_size - 1)
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) -> torch.Tensor:
@@ -93,16 +97,19 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) ->
     n, dim = x.shape
     levels, size, features = table.shape
     scales = torch.as_tensor(config.scales(), dtype=x.dtype, device=x.device)
-    dense = torch.as_tensor(config.dense_levels(), device=x.device)
+    dense = config.dense_levels()
+    dense_count = int(dense.sum())
+    if not np.all(dense[:dense_count]):  # resolutions grow, so dense levels come first
+        raise ValueError("dense levels must precede hashed ones")
     side = torch.as_tensor(np.ceil(config.scales()) + 2, dtype=torch.int64, device=x.device)
     pos = x[:, None, :] * scales[None, :, None] + 0.5  # (N, L, d)
     base = torch.floor(pos)
     frac = pos - base
     base = base.to(torch.int64)
-    offsets = torch.as_tensor(_corner_offsets(dim), device=x.device)
+    offsets = torch.as_tensor(_corner_offsets(dim), dtype=torch.int64, device=x.device)
     index, weight = [], []
     for corner in offsets:
-        index.append(_level_indices(base + corner, config, dense, side))
+        index.append(_level_indices(base + corner, config, dense_count, side))
         w = torch.where(corner.bool(), frac, 1.0 - frac)
         weight.append(w.prod(dim=-1))
     level_base = torch.arange(levels, device=x.device)[None, :, None] * size
