@@ -5,6 +5,7 @@ scene by scene; finished scenes are skipped unless forced."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -61,7 +62,7 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
                                  f"image is {sample.width}x{sample.height}; the scene's other "
                                  f"images are {width}x{height}")
         data = Path(sample.source_file).read_bytes()
-        with Image.open(sample.source_file) as image:  # header only: cheap
+        with Image.open(io.BytesIO(data)) as image:  # header only, from the bytes read
             if image.size != (width, height) or image.format != "JPEG":
                 raise SceneDataError(scene.scene_id, sample.source_file,
                                      f"expected a {width}x{height} JPEG, found {image.format} "

@@ -143,7 +143,7 @@ def render_image(teacher: Teacher, scene: Scene, frame: int, camera: str,
                  chunk: int = 8192) -> dict[str, np.ndarray]:
     """Render one camera image of the scene: rgb (H, W, 3) in [0, 1], depth (H, W) along
     the camera z axis, opacity (H, W)."""
-    rays = camera_rays(scene, [frame], cameras=[camera])
+    rays = camera_rays(scene, [frame], cameras=[camera], with_rgb=False)
     out = {"rgb": [], "distance": [], "opacity": []}
     o = torch.as_tensor(rays.origins, dtype=torch.float32)
     d = torch.as_tensor(rays.directions, dtype=torch.float32)

@@ -81,9 +81,10 @@ def check_scene_for_fit(scene: Scene, min_frames: int = MIN_FRAMES) -> None:
 
 
 def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
-                cameras: list[str] | None = None) -> CameraRays:
+                cameras: list[str] | None = None, with_rgb: bool = True) -> CameraRays:
     """Rays of every `stride`-th pixel (both axes) of every camera image of `frames` (of
-    the named cameras only, when given)."""
+    the named cameras only, when given); without `with_rgb` no image is read and `rgb`
+    is zero (rays for rendering)."""
     t0 = scene.frames[0].timestamp_us
     parts = []
     for f in frames:
@@ -96,10 +97,10 @@ def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
             pixels = pixels[keep]
             origin, dirs = pixel_rays(sample.intrinsics, sample.cam_to_world, pixels)
             norm = np.linalg.norm(dirs, axis=1)
-            image = sample.load_image()
+            rgb = (sample.load_image()[rows[keep], cols[keep]].astype(np.float32) / 255.0
+                   if with_rgb else np.zeros((len(pixels), 3), np.float32))
             parts.append(CameraRays(
-                np.broadcast_to(origin, dirs.shape).copy(), dirs / norm[:, None], norm,
-                image[rows[keep], cols[keep]].astype(np.float32) / 255.0,
+                np.broadcast_to(origin, dirs.shape).copy(), dirs / norm[:, None], norm, rgb,
                 np.full(len(pixels), scene.camera_names.index(sample.camera)),
                 np.full(len(pixels), f), np.full(len(pixels), (sample.timestamp_us - t0) / 1e6),
                 pixels))
