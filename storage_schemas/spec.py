@@ -80,6 +80,12 @@ ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
        "OpenCV camera -> world of each virtual view"),
     _a("virtual_source_sample", "int32", ("V",), "", (0, 2**31 - 1), "teacher", False, "zstd-1",
        "the real camera sample each virtual view was derived from"),
+    _a("virtual_offset", "float64", ("V", 6), "m, deg", None, "teacher", False, "zstd-1",
+       "the policy's requested offset from the source camera: x, y, z metres in its OpenCV "
+       "frame (x right, y down, z forward), then pitch, yaw, roll degrees"),
+    _a("virtual_shift", "float32", ("V",), "m", (0.0, 1e6), "teacher", False, "zstd-1",
+       "how far the view was moved back towards its source camera out of solid geometry "
+       "(0: placed as requested)"),
     _a("features", "float16", ("N", "C", "h", "w"), "", None, "features", True,
        "blosc-lz4-shuffle", "PCA-reduced foundation-model features per real image"),
     _a("virtual_features", "float16", ("V", "C", "h", "w"), "", None, "features", True,
