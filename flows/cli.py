@@ -13,7 +13,7 @@ import sys
 from distillprep.scenes.errors import SceneError
 from distillprep.storage_schemas.errors import NotAStoreError, StoreError
 
-from . import commands_scenes, commands_store
+from . import commands_export, commands_scenes, commands_store, commands_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distillprep",
         description="Data preparation and teacher distillation for DistillNeRF-style models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in commands_scenes.COMMANDS + commands_store.COMMANDS:
+    for add in (commands_scenes.COMMANDS + commands_store.COMMANDS
+                + commands_teacher.COMMANDS):
         add(sub)
+    commands_export.register(sub)
     return parser
 
 

@@ -112,6 +112,9 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
         "lidar_depth_max": [s[1] for s in stats],
         "lidar_depth_valid_fraction": [s[2] for s in stats],
         "feature_norm_mean": [None] * len(samples),
+        "teacher_psnr": [None] * len(samples),
+        "teacher_lidar_abs_rel": [None] * len(samples),
+        "teacher_heldout": [None] * len(samples),
     }
     for name in SAMPLE_ARRAYS:
         rows[f"has_{name}"] = [name in arrays] * len(samples)

@@ -32,7 +32,8 @@ def summarize(store: Store, scene_ids: list[str] | None = None) -> dict[str, Any
                        "frames": attrs.num_frames, "image_size": [attrs.width, attrs.height],
                        "stages": {name: {"finished_at": rec.finished_at.isoformat(),
                                          "config_hash": rec.config_hash[:12],
-                                         "package_version": rec.package_version}
+                                         "package_version": rec.package_version,
+                                         **_stage_figures(rec.extra)}
                                   for name, rec in attrs.stages.items()}})
     for entry in arrays.values():
         entry["compression_ratio"] = round(entry["raw_bytes"] / max(1, entry["stored_bytes"]), 2)
@@ -56,25 +57,65 @@ def summarize(store: Store, scene_ids: list[str] | None = None) -> dict[str, Any
     }
 
 
+def _fit_height(tile: np.ndarray, height: int) -> np.ndarray:
+    """A preview tile (h, w, 3) uint8 scaled to `height` rows, aspect kept."""
+    if tile.shape[0] == height:
+        return tile
+    width = max(1, round(tile.shape[1] * height / tile.shape[0]))
+    return np.asarray(Image.fromarray(tile).resize((width, height), Image.NEAREST))
+
+
+def _save_row(tiles: list[np.ndarray], path: Path) -> Path:
+    height = tiles[0].shape[0]
+    Image.fromarray(np.concatenate([_fit_height(t, height) for t in tiles], axis=1)).save(path)
+    return path
+
+
+def _stage_figures(extra: dict[str, Any]) -> dict[str, Any]:
+    """The quality figures a stage recorded about itself (teacher: PSNR, depth error,
+    virtual views), for people deciding whether to trust it."""
+    keys = ("backend", "steps", "heldout_psnr_db", "train_psnr_db", "lidar_abs_rel",
+            "virtual_views")
+    figures = {k: extra[k] for k in keys if k in extra}
+    if isinstance(figures.get("virtual_views"), dict):
+        figures["virtual_views"] = {k: v for k, v in figures["virtual_views"].items()
+                                    if k in ("kept", "moved", "dropped")}
+    return figures
+
+
 def write_previews(store: Store, scene_id: str, out_dir: str | Path,
                    samples: int = 6) -> list[Path]:
     """PNGs of the first `samples` camera samples of a scene: RGB beside colour-mapped
-    LiDAR depth (and teacher depth when that stage has run). Returns their paths."""
+    LiDAR depth (and teacher depth and opacity when that stage has run), and one PNG per
+    virtual view of those samples (RGB beside its depth). Returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reader = SceneReader(store, scene_id)
     paths = []
+    cameras = {}
     for sample in reader:
         if sample["sample_index"] >= samples:
             break
+        cameras[sample["sample_index"]] = sample["camera"]
         tiles = [sample["rgb"],
                  colorize_depth(dilate_sparse(sample["lidar_depth"].astype(np.float32), 1))]
         if "teacher_depth" in sample:
             tiles.append(colorize_depth(sample["teacher_depth"].astype(np.float32)))
-        height = min(t.shape[0] for t in tiles)
+            opacity = sample["teacher_opacity"].astype(np.float32)
+            tiles.append(np.repeat((np.clip(opacity, 0, 1) * 255).astype(np.uint8)[..., None],
+                                   3, axis=-1))
         path = out_dir / f"{scene_id}_{sample['sample_index']:05d}_{sample['camera']}.png"
-        Image.fromarray(np.concatenate([t[:height] for t in tiles], axis=1)).save(path)
-        paths.append(path)
+        paths.append(_save_row(tiles, path))
+    group = store.group(scene_id)
+    if "virtual_source_sample" in group.array_keys():
+        source = group["virtual_source_sample"][...]
+        offsets = group["virtual_offset"][...]
+        for v in np.flatnonzero(source < samples):
+            name = "_".join(f"{x:g}" for x in offsets[v])
+            path = out_dir / (f"{scene_id}_{int(source[v]):05d}_{cameras[int(source[v])]}"
+                              f"_virtual_{name}.png")
+            depth = group["virtual_depth"][int(v)].astype(np.float32)
+            paths.append(_save_row([group["virtual_rgb"][int(v)], colorize_depth(depth)], path))
     return paths
 
 
@@ -92,4 +133,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for scene in summary["scenes"]:
         lines.append(f"  {scene['scene_id']:<16}{scene['samples']:>5} samples  stages: "
                      + ", ".join(scene["stages"]))
+        for stage, info in scene["stages"].items():
+            figures = {k: v for k, v in info.items()
+                       if k not in ("finished_at", "config_hash", "package_version")}
+            if figures:
+                lines.append(f"    {stage}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     return "\n".join(lines)

@@ -34,6 +34,10 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("lidar_depth_max", pa.float32()),
         pa.field("lidar_depth_valid_fraction", pa.float32(), nullable=False),
         pa.field("feature_norm_mean", pa.float32()),
+        # the teacher's own quality figures, so that weak teachers can be filtered out
+        pa.field("teacher_psnr", pa.float32()),
+        pa.field("teacher_lidar_abs_rel", pa.float32()),
+        pa.field("teacher_heldout", pa.bool_()),
     ]
     + [pa.field(f"has_{name}", pa.bool_(), nullable=False) for name in SAMPLE_ARRAYS]
 )

@@ -107,3 +107,30 @@ def resolve_shape(spec: ArraySpec, dims: dict[str, int]) -> tuple[int, ...]:
     if missing:
         raise KeyError(f"array {spec.name}: no size given for dimension(s) {missing}")
     return tuple(dims[d] if isinstance(d, str) else d for d in spec.shape)
+
+
+def infer_dims(shapes: dict[str, tuple[int, ...]],
+               ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Dimension sizes implied by the shapes of named arrays (name -> shape), and the
+    conflicts found (an array whose rank differs from its spec, or a letter two arrays
+    give different sizes) as (array name, message) pairs."""
+    dims: dict[str, int] = {}
+    source: dict[str, str] = {}
+    problems = []
+    for name, shape in shapes.items():
+        spec = ARRAYS.get(name)
+        if spec is None:
+            continue
+        if len(shape) != len(spec.shape):
+            problems.append((name, f"array {name}: rank {len(shape)}, the schema says "
+                                   f"{len(spec.shape)} ({'x'.join(map(str, spec.shape))})"))
+            continue
+        for letter, size in zip(spec.shape, shape, strict=True):
+            if not isinstance(letter, str):
+                continue
+            if letter in dims and dims[letter] != size:
+                problems.append((name, f"array {name}: {letter} = {size}, but array "
+                                       f"{source[letter]} has {letter} = {dims[letter]}"))
+            dims.setdefault(letter, size)
+            source.setdefault(letter, name)
+    return dims, problems

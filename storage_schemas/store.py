@@ -42,6 +42,7 @@ from .attrs import (
     ArrayRecord,
     CommitRecord,
     SceneAttrs,
+    StageRecord,
     StoreAttrs,
     parse_commit,
     parse_scene_attrs,
@@ -49,8 +50,8 @@ from .attrs import (
 )
 from .backend import Location, is_temp_name
 from .errors import NotAStoreError, SceneIncompleteError, SchemaViolationError, StoreError
-from .manifest import MANIFEST_SCHEMA, from_parquet_bytes, to_parquet_bytes
-from .spec import ARRAYS, ArraySpec
+from .manifest import MANIFEST_SCHEMA, SAMPLE_ARRAYS, from_parquet_bytes, to_parquet_bytes
+from .spec import ARRAYS, ArraySpec, infer_dims
 
 SHARD_TARGET_BYTES = 32 * 2**20
 """Uncompressed bytes a shard aims for: tens of MB, so a million images are few files."""
@@ -90,7 +91,8 @@ def chunk_layout(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[tuple, tuple 
 
 def array_sha256(data: np.ndarray) -> str:
     """SHA-256 of an array's C-order bytes (hashed in place, no copy)."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+    data = np.ascontiguousarray(data)
+    return hashlib.sha256(memoryview(data).cast("B") if data.size else b"").hexdigest()
 
 
 class Store:
@@ -196,6 +198,47 @@ class Store:
                           record.model_dump_json(indent=1).encode())
         self.remove_stale_attempts(scene_id)
         return record
+
+    def replace_stage(self, scene_id: str, record: StageRecord,
+                      arrays: Mapping[str, np.ndarray],
+                      columns: Mapping[str, list] | None = None) -> CommitRecord:
+        """Commit a new version of a committed scene in which stage `record.stage` holds
+        `arrays` (its earlier arrays dropped; other stages' arrays carried over unchanged)
+        with provenance `record`; `columns` replace manifest columns (name -> N values).
+
+        The new version is written beside the old one and committed atomically like any
+        scene write; one writer per scene at a time (the later commit wins).
+        """
+        attrs = self.scene_attrs(scene_id)
+        where = f"scene {scene_id!r}, stage {record.stage}"
+        wrong = sorted(n for n in arrays if n not in ARRAYS or ARRAYS[n].stage != record.stage)
+        if wrong:
+            raise SchemaViolationError(f"{where}: arrays {wrong} do not belong to this stage")
+        group = self.group(scene_id)
+        merged = {n: group[n][...] for n in group.array_keys()
+                  if n in ARRAYS and ARRAYS[n].stage != record.stage}
+        merged.update({n: np.asarray(a) for n, a in arrays.items()})
+        dims, conflicts = infer_dims({n: a.shape for n, a in merged.items()})
+        problems = [message for _, message in conflicts]
+        if dims.get("N", attrs.num_samples) != attrs.num_samples:
+            problems.append(f"N = {dims['N']}, the scene has {attrs.num_samples} samples")
+        if problems:
+            raise SchemaViolationError(f"{where}: {'; '.join(problems)}")
+        manifest = self.manifest([scene_id])
+        updates = {f"has_{n}": [n in merged] * manifest.num_rows for n in SAMPLE_ARRAYS}
+        updates.update(columns or {})
+        for name, values in updates.items():
+            if name not in MANIFEST_SCHEMA.names or len(values) != manifest.num_rows:
+                raise SchemaViolationError(f"{where}: manifest column {name!r} is not in the "
+                                           f"schema or has not {manifest.num_rows} values")
+            column = pa.array(values, type=MANIFEST_SCHEMA.field(name).type)
+            if name in manifest.column_names:
+                manifest = manifest.set_column(manifest.column_names.index(name), name, column)
+            else:
+                manifest = manifest.append_column(name, column)
+        new = attrs.model_copy(update={"stages": {**attrs.stages, record.stage: record},
+                                       "created": datetime.now(UTC)})
+        return self.write_scene(new, merged, manifest, dims)
 
     def remove_stale_attempts(self, scene_id: str) -> list[str]:
         """Delete data and manifest parts of a scene that its commit does not point to

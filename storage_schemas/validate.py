@@ -24,7 +24,7 @@ from .attrs import CommitRecord, SceneAttrs, parse_scene_attrs
 from .backend import is_temp_name
 from .errors import NotAStoreError, StoreError
 from .manifest import from_parquet_bytes
-from .spec import ARRAYS, INGEST_ARRAYS
+from .spec import ARRAYS, INGEST_ARRAYS, infer_dims
 from .store import Store, chunk_layout, open_store
 
 
@@ -141,6 +141,14 @@ class _Checker:
         for name in INGEST_ARRAYS:
             if name not in present:
                 self.error("missing-array", "required array is missing", scene_id, name)
+        # dimensions of the later stages (Ht, V, ...) from their arrays; those of the scene
+        # itself come from its attributes and are checked per array below
+        implied, conflicts = infer_dims({n: group[n].shape for n in present
+                                         if n in ARRAYS and ARRAYS[n].stage != "ingest"})
+        for name, message in conflicts:
+            self.error("shape", message, scene_id, name)
+        dims = {**implied, **dims}
+        self.stages(scene_id, attrs, present)
         for name in sorted(present):
             if name not in ARRAYS:
                 self.warn("unknown-array", "array not in the schema", scene_id, name)
@@ -148,13 +156,26 @@ class _Checker:
                 self.array_layout(scene_id, group, name, record, dims, prefix)
         tables = {n: group[n][...] for n in ("intrinsics", "cam_to_world", "ego_to_world",
                   "timestamp_us", "frame_timestamp_us", "camera_index", "frame_index",
-                  "rgb_jpeg_nbytes") if n in present and self._shape_ok(group, n, dims)}
+                  "rgb_jpeg_nbytes", "virtual_intrinsics", "virtual_cam_to_world",
+                  "virtual_source_sample") if n in present and self._shape_ok(group, n, dims)}
         self.values(scene_id, attrs, tables, dims)
         self.manifest(scene_id, record, attrs)
         if self.report.deep:
             for name in sorted(present & set(ARRAYS)):
                 if self._shape_ok(group, name, dims):
                     self.deep_array(scene_id, group, name, record)
+
+    def stages(self, scene_id: str, attrs: SceneAttrs, present: set[str]) -> None:
+        """A stage's arrays come all together and with its provenance record."""
+        for stage in ("teacher", "features"):
+            mine = {n for n, spec in ARRAYS.items() if spec.stage == stage}
+            have = mine & present
+            if have and stage not in attrs.stages:
+                self.error("provenance", f"arrays {sorted(have)} of stage {stage} but no "
+                           f"provenance record for it", scene=scene_id)
+            if stage in attrs.stages and have != mine:
+                self.error("missing-array", f"stage {stage} is recorded but arrays "
+                           f"{sorted(mine - have)} are missing", scene=scene_id)
 
     def _shape_ok(self, group, name, dims) -> bool:
         spec = ARRAYS[name]
@@ -192,17 +213,25 @@ class _Checker:
                        name)
 
     def values(self, scene_id: str, attrs: SceneAttrs, t: dict[str, np.ndarray], dims) -> None:
-        for name in ("intrinsics", "cam_to_world", "ego_to_world"):
+        poses = ("cam_to_world", "ego_to_world", "virtual_cam_to_world")
+        for name in ("intrinsics", "virtual_intrinsics", *poses):
             if name in t and not np.all(np.isfinite(t[name])):
                 self.error("finite", "NaN or infinite values", scene_id, name)
-        if "intrinsics" in t:
-            k = t["intrinsics"]
+        for name in ("intrinsics", "virtual_intrinsics"):
+            k = t.get(name)
+            if k is None or not len(k):
+                continue
             bad = np.flatnonzero((k[:, 0, 0] <= 0) | (k[:, 1, 1] <= 0) | np.any(
                 k[:, 2] != [0, 0, 1], axis=1))
             if len(bad):
-                self.error("intrinsics", f"samples {bad[:5].tolist()} are not pinhole matrices",
-                           scene_id, "intrinsics")
-        for name in ("cam_to_world", "ego_to_world"):
+                self.error("intrinsics", f"entries {bad[:5].tolist()} are not pinhole matrices",
+                           scene_id, name)
+        source = t.get("virtual_source_sample")
+        if source is not None and len(source) and (source.min() < 0 or
+                                                   source.max() >= attrs.num_samples):
+            self.error("value-range", "virtual views name source samples outside the scene's "
+                       f"{attrs.num_samples}", scene_id, "virtual_source_sample")
+        for name in poses:
             if name in t:
                 bad = [i for i, pose in enumerate(t[name]) if not is_rotation(pose[:3, :3], 1e-5)
                        or np.any(pose[3] != [0, 0, 0, 1])]

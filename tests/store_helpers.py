@@ -41,3 +41,36 @@ def rigid_poses(n: int, rng: np.random.Generator) -> np.ndarray:
         pose[:3, :3] = q * np.sign(np.linalg.det(q))
         pose[:3, 3] = rng.normal(size=3) * 100
     return poses
+
+
+def teacher_record(config: dict | None = None) -> StageRecord:
+    config = {"synthetic": True} if config is None else config
+    return StageRecord(stage="teacher", config=config, config_hash=config_hash(config),
+                       package_version="test", finished_at=datetime.now(UTC), wall_time_s=0.0)
+
+
+def write_teacher_stage(store, scene_id: str, teacher: dict[str, np.ndarray]):
+    """Commit `scene_id` again with synthetic teacher-stage arrays and a teacher
+    provenance record (`Store.replace_stage`): a real store with teacher outputs, without
+    running the teacher."""
+    return store.replace_stage(scene_id, teacher_record(), teacher)
+
+
+def teacher_arrays(n: int, views: int, size: tuple[int, int] = (6, 8),
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Valid teacher-stage arrays with random values: n samples, `views` virtual views."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    k = np.tile(np.array([[10.0, 0, w / 2], [0, 10.0, h / 2], [0, 0, 1]]), (views, 1, 1))
+    return {
+        "teacher_depth": rng.uniform(1, 50, (n, h, w)).astype(np.float16),
+        "teacher_opacity": rng.uniform(0, 1, (n, h, w)).astype(np.float16),
+        "virtual_rgb": rng.integers(0, 256, (views, h, w, 3), dtype=np.uint8),
+        "virtual_depth": rng.uniform(1, 50, (views, h, w)).astype(np.float16),
+        "virtual_opacity": rng.uniform(0, 1, (views, h, w)).astype(np.float16),
+        "virtual_intrinsics": k,
+        "virtual_cam_to_world": rigid_poses(views, rng),
+        "virtual_source_sample": rng.integers(0, n, views).astype(np.int32),
+        "virtual_offset": np.tile([1.0, 0, 0, 0, 0, 0], (views, 1)),
+        "virtual_shift": np.zeros(views, np.float32),
+    }

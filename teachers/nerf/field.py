@@ -63,17 +63,18 @@ class StaticField(nn.Module):
         sigma = torch.exp(raw[:, 0].clamp(max=15.0) - 1.0)
         return sigma, raw[:, 1:]
 
-    def color(self, features: torch.Tensor, directions: torch.Tensor,
-              camera: torch.Tensor) -> torch.Tensor:
-        """features (P, G), unit directions (P, 3) world, camera ids (P,) -> rgb (P, 3)."""
-        parts = [features, encode_direction(directions, self.config.direction_frequencies)]
-        if self.config.appearance_dim:
-            parts.append(self.appearance(camera))
-        return torch.sigmoid(self.color_mlp(torch.cat(parts, dim=-1)))
-
-    def sky(self, directions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-        """Sky colour (R, 3) from unit view directions (R, 3) world only."""
+    def ray_features(self, directions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """What the colour and sky heads see of a ray: encoded unit directions (R, 3) world
+        and the appearance embedding of camera ids (R,); computed once per ray."""
         parts = [encode_direction(directions, self.config.direction_frequencies)]
         if self.config.appearance_dim:
             parts.append(self.appearance(camera))
-        return torch.sigmoid(self.sky_mlp(torch.cat(parts, dim=-1)))
+        return torch.cat(parts, dim=-1)
+
+    def color(self, features: torch.Tensor, ray_features: torch.Tensor) -> torch.Tensor:
+        """Geometry features (P, G) and their rays' features (P, D) -> rgb (P, 3)."""
+        return torch.sigmoid(self.color_mlp(torch.cat([features, ray_features], dim=-1)))
+
+    def sky(self, ray_features: torch.Tensor) -> torch.Tensor:
+        """Sky colour (R, 3) from ray features (R, D): view direction only, no position."""
+        return torch.sigmoid(self.sky_mlp(ray_features))

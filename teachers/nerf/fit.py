@@ -20,6 +20,7 @@ from .field import FieldConfig, StaticField
 from .rays import CameraRays, LidarRays, camera_rays, check_scene_for_fit, lidar_rays
 from .rendering import composite, expected_depth, render_weights
 from .sampler import OccupancyGrid, SamplerConfig
+from .sky import SkyMaskConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class FitConfig:
     """Adam learning rate (EmerNeRF: 0.01, eps 1e-15)."""
     depth_weight: float = 1.0
     """Weight of the LiDAR expected-depth loss (on depth / 80 m)."""
+    sky_weight: float = 0.01
+    """Weight of the sky-opacity loss (BCE of opacity against 0 on LiDAR-confirmed sky
+    rays; 0: off)."""
+    sky: SkyMaskConfig = field(default_factory=SkyMaskConfig)
+    """Which camera rays count as sky."""
     pixel_stride: int = 1
     """Train on every n-th pixel in both axes (1: all)."""
     seed: int = 0
@@ -58,26 +64,33 @@ class Teacher:
     history: list[dict] = field(default_factory=list)
 
 
+WEIGHT_EPSILON = 1e-4
+"""Samples whose rendering weight is below this skip the colour head: their colour cannot
+show (nor can its gradient reach the density) in the ray's result."""
+
+
 def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tensor,
                 camera: torch.Tensor) -> dict[str, torch.Tensor]:
     """rgb (R, 3), opacity (R,) and expected ray distance (R,) of unit rays (R)."""
     samples = teacher.grid.sample(origins, directions)
+    valid = samples.valid
     mids = (samples.t_start + samples.t_end) / 2
-    points = origins[:, None, :] + directions[:, None, :] * mids[..., None]
-    flat = samples.valid.reshape(-1)
-    sigma = torch.zeros(flat.shape, dtype=origins.dtype)
-    colors = torch.zeros(flat.shape + (3,), dtype=origins.dtype)
-    if flat.any():
-        s, feats = teacher.field.density(points.reshape(-1, 3)[flat])
-        sigma = sigma.masked_scatter(flat, s)
-        ray_dirs = directions[:, None, :].expand_as(points).reshape(-1, 3)[flat]
-        ray_cams = camera[:, None].expand(samples.valid.shape).reshape(-1)[flat]
-        colors[flat] = teacher.field.color(feats, ray_dirs, ray_cams)
-    sigma = sigma.reshape(samples.valid.shape)
+    ray_of, slot = valid.nonzero(as_tuple=True)  # the P valid samples
+    points = origins[ray_of] + directions[ray_of] * mids[ray_of, slot, None]
+    field_ = teacher.field
+    sigma = torch.zeros(valid.shape, dtype=origins.dtype)
+    colors = torch.zeros(valid.shape + (3,), dtype=origins.dtype)
+    rays = field_.ray_features(directions, camera)
+    if len(ray_of):
+        s, feats = field_.density(points)
+        sigma = sigma.index_put((ray_of, slot), s)
     weights = render_weights(sigma, samples.t_start, samples.t_end)
-    sky = teacher.field.sky(directions, camera)
+    if len(ray_of):
+        seen = weights.detach()[ray_of, slot] > WEIGHT_EPSILON
+        colors = colors.index_put((ray_of[seen], slot[seen]),
+                                  field_.color(feats[seen], rays[ray_of[seen]]))
     return {
-        "rgb": composite(weights, colors.reshape(*samples.valid.shape, 3), sky),
+        "rgb": composite(weights, colors, field_.sky(rays)),
         "opacity": weights.sum(dim=-1),
         "distance": expected_depth(weights, samples.t_start, samples.t_end, normalize=True),
     }
@@ -91,70 +104,120 @@ def build_teacher(scene: Scene, config: FitConfig, lidar: LidarRays) -> Teacher:
     return Teacher(StaticField(config.model, box, len(scene.camera_names)), grid, config)
 
 
+@dataclass
+class TrainingRays:
+    """What a fit draws its rays from, as float32 tensors."""
+
+    camera: CameraRays
+    lidar: LidarRays
+    tensors: dict[str, torch.Tensor]
+    """cam_o, cam_d (M, 3), rgb (M, 3), cam_id (M,), lid_o, lid_d (K, 3), range (K,)."""
+
+    @staticmethod
+    def of(scene: Scene, frames: list[int], config: FitConfig) -> TrainingRays:
+        cams = camera_rays(scene, frames, stride=config.pixel_stride,
+                           sky=config.sky if config.sky_weight > 0 else None)
+        lidar = lidar_rays(scene, frames)
+        t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (
+            ("cam_o", cams.origins), ("cam_d", cams.directions), ("rgb", cams.rgb),
+            ("lid_o", lidar.origins), ("lid_d", lidar.directions), ("range", lidar.ranges))}
+        t["cam_id"] = torch.as_tensor(cams.camera_index)
+        t["sky"] = torch.as_tensor(cams.sky)
+        return TrainingRays(cams, lidar, t)
+
+
+@dataclass
+class FitState:
+    """Everything a fit needs to go on from where it stopped (what a checkpoint holds)."""
+
+    teacher: Teacher
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator
+    """Ray sampling; its state is saved, so a resumed fit draws the rays it would have."""
+    step: int = 0
+    """Steps taken so far."""
+    wall_time_s: float = 0.0
+    """Seconds spent in steps so far (over all runs of a resumed fit)."""
+
+
+class TeacherDivergedError(FloatingPointError):
+    """The loss became NaN or infinite: the fit stops instead of writing garbage."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}")
+        self.step = step
+
+
+def start_fit(scene: Scene, frames: list[int], config: FitConfig,
+              ) -> tuple[FitState, TrainingRays]:
+    """A fresh fit of `frames` of `scene` (checked first), at step 0, and its rays."""
+    check_scene_for_fit(scene)
+    rays = TrainingRays.of(scene, frames, config)
+    teacher = build_teacher(scene, config, rays.lidar)
+    return new_state(teacher), rays
+
+
+def new_state(teacher: Teacher) -> FitState:
+    optimizer = torch.optim.Adam(teacher.field.parameters(),
+                                 lr=teacher.config.learning_rate, eps=1e-15)
+    return FitState(teacher, optimizer, np.random.default_rng(teacher.config.seed))
+
+
+def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns its losses (detached)."""
+    teacher, config, t = state.teacher, state.teacher.config, rays.tensors
+    pick = torch.as_tensor(state.rng.integers(0, len(t["cam_id"]), config.camera_rays))
+    out = render_rays(teacher, t["cam_o"][pick], t["cam_d"][pick], t["cam_id"][pick])
+    rgb_loss = ((out["rgb"] - t["rgb"][pick]) ** 2).mean()
+    loss = rgb_loss
+    sky_loss = torch.zeros(())
+    if config.sky_weight > 0:
+        sky = t["sky"][pick]
+        if sky.any():  # BCE against opacity 0: -log(1 - opacity)
+            sky_loss = -torch.log1p(-out["opacity"][sky].clamp(max=1.0 - 1e-6)).mean()
+            loss = loss + config.sky_weight * sky_loss
+    depth_loss = torch.zeros(())
+    if config.lidar_rays:
+        pick = torch.as_tensor(state.rng.integers(0, len(t["range"]), config.lidar_rays))
+        lid = render_rays(teacher, t["lid_o"][pick], t["lid_d"][pick],
+                          torch.zeros(len(pick), dtype=torch.long))
+        depth_loss = (((lid["distance"] - t["range"][pick]) / 80.0) ** 2).mean()
+        loss = loss + config.depth_weight * depth_loss
+    if not torch.isfinite(loss):
+        raise TeacherDivergedError(state.step + 1, loss.item())
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    return {"loss": loss.detach(), "rgb_loss": rgb_loss.detach(),
+            "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach()}
+
+
+def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -> FitState:
+    """Step `state` until `until_step`; callback(step, record, teacher) every `log_every`
+    steps and at the last one, with the losses; when it returns True the fit stops."""
+    config = state.teacher.config
+    while state.step < until_step:
+        start = time.perf_counter()
+        losses = train_step(state, rays)
+        state.wall_time_s += time.perf_counter() - start
+        if state.step % config.log_every == 0 or state.step == until_step:
+            rgb = losses["rgb_loss"].item()
+            record = {"step": state.step, "rgb_loss": rgb,
+                      "psnr": -10 * np.log10(max(rgb, 1e-10)),
+                      "depth_loss": losses["depth_loss"].item(),
+                      "sky_loss": losses["sky_loss"].item(),
+                      "seconds": state.wall_time_s}
+            state.teacher.history.append(record)
+            if callback is not None and callback(state.step, record, state.teacher):
+                break
+    return state
+
+
 def fit(scene: Scene, frames: list[int], config: FitConfig,
         callback=None) -> tuple[Teacher, CameraRays]:
-    """Fit a static teacher to `frames` of `scene`; returns it and its training rays.
-
-    callback(step, record, teacher) is called every `log_every` steps with the losses;
-    when it returns True the fit stops there.
-    """
-    check_scene_for_fit(scene)
-    cams = camera_rays(scene, frames, stride=config.pixel_stride)
-    lidar = lidar_rays(scene, frames)
-    teacher = build_teacher(scene, config, lidar)
-    optimizer = torch.optim.Adam(teacher.field.parameters(), lr=config.learning_rate,
-                                 eps=1e-15)
-    rng = np.random.default_rng(config.seed)
-    t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (
-        ("cam_o", cams.origins), ("cam_d", cams.directions), ("rgb", cams.rgb),
-        ("lid_o", lidar.origins), ("lid_d", lidar.directions), ("range", lidar.ranges))}
-    cam_id = torch.as_tensor(cams.camera_index)
-    start = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        pick = torch.as_tensor(rng.integers(0, len(cam_id), config.camera_rays))
-        out = render_rays(teacher, t["cam_o"][pick], t["cam_d"][pick], cam_id[pick])
-        rgb_loss = ((out["rgb"] - t["rgb"][pick]) ** 2).mean()
-        loss = rgb_loss
-        depth_loss = torch.zeros(())
-        if config.lidar_rays:
-            pick = torch.as_tensor(rng.integers(0, len(t["range"]), config.lidar_rays))
-            lid = render_rays(teacher, t["lid_o"][pick], t["lid_d"][pick],
-                              torch.zeros(len(pick), dtype=torch.long))
-            depth_loss = (((lid["distance"] - t["range"][pick]) / 80.0) ** 2).mean()
-            loss = loss + config.depth_weight * depth_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % config.log_every == 0 or step == config.steps:
-            record = {"step": step, "rgb_loss": rgb_loss.item(),
-                      "psnr": -10 * np.log10(max(rgb_loss.item(), 1e-10)),
-                      "depth_loss": depth_loss.item(),
-                      "seconds": time.perf_counter() - start}
-            teacher.history.append(record)
-            if callback is not None and callback(step, record, teacher):
-                break
-    return teacher, cams
-
-
-@torch.no_grad()
-def render_image(teacher: Teacher, scene: Scene, frame: int, camera: str,
-                 chunk: int = 8192) -> dict[str, np.ndarray]:
-    """Render one camera image of the scene: rgb (H, W, 3) in [0, 1], depth (H, W) along
-    the camera z axis, opacity (H, W)."""
-    rays = camera_rays(scene, [frame], cameras=[camera], with_rgb=False)
-    out = {"rgb": [], "distance": [], "opacity": []}
-    o = torch.as_tensor(rays.origins, dtype=torch.float32)
-    d = torch.as_tensor(rays.directions, dtype=torch.float32)
-    cam = torch.as_tensor(rays.camera_index)
-    for s in range(0, len(o), chunk):
-        part = render_rays(teacher, o[s:s + chunk], d[s:s + chunk], cam[s:s + chunk])
-        for key in out:
-            out[key].append(part[key].numpy())
-    sample = scene.frames[frame].cameras[camera]
-    h, w = sample.height, sample.width
-    distance = np.concatenate(out["distance"])
-    return {"rgb": np.concatenate(out["rgb"]).reshape(h, w, 3),
-            "depth": (distance / rays.range_per_depth).reshape(h, w),
-            "opacity": np.concatenate(out["opacity"]).reshape(h, w)}
+    """Fit a static teacher to `frames` of `scene` for `config.steps`; returns it and its
+    training camera rays. callback as in `train`."""
+    state, rays = start_fit(scene, frames, config)
+    train(state, rays, config.steps, callback)
+    return state.teacher, rays.camera

@@ -16,6 +16,8 @@ from distillprep.scenes.errors import SceneDataError
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import image_pixels, pixel_rays
 
+from .sky import SkyMaskConfig, sky_mask
+
 MIN_FRAMES = 3
 BLACK_IMAGE_MEAN = 2.0
 """An image whose mean pixel value (0-255) is below this is treated as all black."""
@@ -39,6 +41,8 @@ class CameraRays:
     """(M,) float64 seconds since the scene's first frame."""
     pixel: np.ndarray
     """(M, 2) float64 (column, row) at the source resolution."""
+    sky: np.ndarray
+    """(M,) bool: confidently sky (`sky.sky_mask`; all False unless asked for)."""
 
 
 @dataclass
@@ -81,10 +85,12 @@ def check_scene_for_fit(scene: Scene, min_frames: int = MIN_FRAMES) -> None:
 
 
 def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
-                cameras: list[str] | None = None, with_rgb: bool = True) -> CameraRays:
+                cameras: list[str] | None = None, with_rgb: bool = True,
+                sky: SkyMaskConfig | None = None) -> CameraRays:
     """Rays of every `stride`-th pixel (both axes) of every camera image of `frames` (of
     the named cameras only, when given); without `with_rgb` no image is read and `rgb`
-    is zero (rays for rendering)."""
+    is zero (rays for rendering); with a `sky` config, `sky` marks the rays the frame's
+    LiDAR confirms as sky."""
     t0 = scene.frames[0].timestamp_us
     parts = []
     for f in frames:
@@ -99,11 +105,13 @@ def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
             norm = np.linalg.norm(dirs, axis=1)
             rgb = (sample.load_image()[rows[keep], cols[keep]].astype(np.float32) / 255.0
                    if with_rgb else np.zeros((len(pixels), 3), np.float32))
+            is_sky = (sky_mask(sample, scene.frames[f].lidar, sky)[rows[keep], cols[keep]]
+                      if sky is not None else np.zeros(len(pixels), dtype=bool))
             parts.append(CameraRays(
                 np.broadcast_to(origin, dirs.shape).copy(), dirs / norm[:, None], norm, rgb,
                 np.full(len(pixels), scene.camera_names.index(sample.camera)),
                 np.full(len(pixels), f), np.full(len(pixels), (sample.timestamp_us - t0) / 1e6),
-                pixels))
+                pixels, is_sky))
     return CameraRays(*(np.concatenate([getattr(p, name) for p in parts])
                         for name in CameraRays.__dataclass_fields__))
 

@@ -1,0 +1,46 @@
+"""CLI commands that write a store's outputs in other projects' layouts:
+`export distillnerf`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cli_common import emit
+
+
+def register(sub) -> None:
+    """Add `export` and its formats to the top-level subparsers."""
+    p = sub.add_parser("export", help="write a store's outputs in another code base's layout")
+    formats = p.add_subparsers(dest="format", required=True)
+    d = formats.add_parser(
+        "distillnerf", help="teacher depth and virtual views in the official DistillNeRF "
+        "layout (OUT is its nuscenes_emernerf/ folder)")
+    d.add_argument("store", help="store path or URL")
+    d.add_argument("out", type=Path, help="export root (DistillNeRF's nuscenes_emernerf/)")
+    d.add_argument("--scene", action="append", default=None, metavar="ID",
+                   help="export this scene (repeatable; default: all)")
+    d.add_argument("--include-moved", action="store_true",
+                   help="also write virtual views moved out of solid geometry or jittered "
+                   "(DistillNeRF would take them at the pose their folder names)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(run=run_export_distillnerf)
+
+
+def run_export_distillnerf(args) -> int:
+    from distillprep.storage_schemas.export_distillnerf import export_distillnerf
+
+    report = export_distillnerf(args.store, args.out, scene_ids=args.scene,
+                                include_moved=args.include_moved)
+    lines = [f"{args.out}: wrote {len(report.files)} file(s) for {len(report.scenes)} "
+             f"scene(s): {report.real_views} real view(s), {report.virtual_views} virtual "
+             "view(s)"]
+    by_reason = report.skipped_by_reason()
+    if by_reason:
+        hint = " (use --include-moved to write moved views)" if {"moved", "off-pose"} & set(
+            by_reason) else ""
+        lines.append("  skipped " + ", ".join(f"{n} {reason}" for reason, n in
+                                               sorted(by_reason.items())) + hint)
+    lines += [f"  warning: {w}" for w in report.warnings]
+    emit(args, report.to_json(), "\n".join(lines))
+    return 0
+

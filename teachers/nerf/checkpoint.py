@@ -1,0 +1,156 @@
+"""Teacher checkpoints: one `torch.save` file holding the field, the occupancy grid, the
+optimiser and ray-sampler state, the config and what scene it was fitted on.
+
+Loaded with `torch.load(weights_only=True)` only (plain containers and tensors, no pickled
+code). Written atomically (temporary file, then rename), so a killed fit leaves the previous
+checkpoint intact. A checkpoint names its scene by id and by a fingerprint of the scene's
+frames and images; `check_matches` refuses one from another scene or config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillprep.scenes.model import Scene
+
+from .config_io import from_dict, identity_hash, to_dict
+from .contraction import SceneBox
+from .field import StaticField
+from .fit import FitConfig, FitState, Teacher, new_state
+from .sampler import OccupancyGrid
+
+FORMAT = "distillprep-teacher-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not belong to the scene / config given."""
+
+
+def scene_fingerprint(scene: Scene) -> str:
+    """SHA-256 over the scene id, camera names, frame times and image file names: equal
+    for the same scene read again, different for any other scene."""
+    parts = [scene.scene_id, *scene.camera_names]
+    for frame in scene.frames:
+        parts.append(str(frame.timestamp_us))
+        parts.extend(os.path.basename(s.source_file) for s in frame.cameras.values())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    state: FitState
+    scene_id: str
+    fingerprint: str
+    frames: list[int]
+    """Frames the teacher was fitted on (the others were held out)."""
+    backend: str
+    """Hash-encoding backend that fitted it."""
+    source: dict[str, str]
+    """Where the scene was read from: dataset, dataroot, version."""
+    path: Path
+
+
+def save_checkpoint(path: str | Path, state: FitState, scene: Scene, frames: list[int],
+                    source: dict[str, str] | None = None) -> Path:
+    """Write `state` atomically to `path`; `source` says where the scene was read from
+    (dataset, dataroot, version), so that rendering can find it again."""
+    path = Path(path)
+    teacher = state.teacher
+    payload = {
+        "format": FORMAT, "version": VERSION,
+        "scene_id": scene.scene_id, "fingerprint": scene_fingerprint(scene),
+        "num_cameras": len(scene.camera_names), "frames": list(frames),
+        "source": json.dumps(source or {}),
+        "config": json.dumps(to_dict(teacher.config)),
+        "config_hash": identity_hash(teacher.config),
+        "backend": teacher.field.grid.backend,
+        "box": [list(teacher.field.box.lower), list(teacher.field.box.upper)],
+        "occupancy": teacher.grid.occupied.clone(),
+        "field": teacher.field.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "rng": json.dumps(state.rng.bit_generator.state),
+        "step": state.step, "wall_time_s": state.wall_time_s,
+        "history": json.dumps(teacher.history),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint (weights_only); CheckpointError names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        raise CheckpointError(f"checkpoint {path}: not a readable torch checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                              ) from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a distillprep teacher checkpoint")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path}: version {raw.get('version')!r}; this "
+                              f"distillprep reads version {VERSION}")
+    try:
+        config = from_dict(FitConfig, json.loads(raw["config"]), f"checkpoint {path} config")
+        box = SceneBox(tuple(raw["box"][0]), tuple(raw["box"][1]))
+        field = StaticField(config.model, box, raw["num_cameras"])
+        field.load_state_dict(raw["field"])
+        grid = OccupancyGrid(config.sampler, box)
+        if raw["occupancy"].shape != grid.occupied.shape:
+            raise ValueError(f"occupancy grid {tuple(raw['occupancy'].shape)} does not match "
+                             f"the config's {tuple(grid.occupied.shape)}")
+        grid.occupied = raw["occupancy"].to(torch.bool)
+        teacher = Teacher(field, grid, config, json.loads(raw["history"]))
+        state = new_state(teacher)
+        state.optimizer.load_state_dict(raw["optimizer"])
+        state.rng.bit_generator.state = json.loads(raw["rng"])
+        state.step, state.wall_time_s = int(raw["step"]), float(raw["wall_time_s"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: damaged or inconsistent: "
+                              f"{str(exc).splitlines()[0][:300]}") from None
+    return Checkpoint(state, raw["scene_id"], raw["fingerprint"], list(raw["frames"]),
+                      raw["backend"], json.loads(raw.get("source", "{}")), path)
+
+
+def check_matches(checkpoint: Checkpoint, scene: Scene, config: FitConfig | None = None,
+                  ) -> None:
+    """Refuse a checkpoint fitted on another scene, or with a config that fits a
+    different teacher (run-length fields such as `steps` may differ)."""
+    where = f"checkpoint {checkpoint.path}"
+    if checkpoint.scene_id != scene.scene_id:
+        raise CheckpointError(f"{where} was fitted on scene {checkpoint.scene_id!r}, not "
+                              f"{scene.scene_id!r}")
+    if checkpoint.fingerprint != scene_fingerprint(scene):
+        raise CheckpointError(f"{where}: scene {scene.scene_id!r} differs from the one it was "
+                              "fitted on (other frames or images under the same id)")
+    if config is not None and identity_hash(config) != identity_hash(
+            checkpoint.state.teacher.config):
+        ours, theirs = to_dict(config), to_dict(checkpoint.state.teacher.config)
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        raise CheckpointError(f"{where} was fitted with another config (differs in "
+                              f"{changed}); refit, or drop --config to use the checkpoint's")
+
+
+def summary(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Plain facts for the CLI."""
+    return {"path": str(checkpoint.path), "scene_id": checkpoint.scene_id,
+            "step": checkpoint.state.step, "wall_time_s": round(checkpoint.state.wall_time_s, 1),
+            "backend": checkpoint.backend, "frames": checkpoint.frames}

@@ -1,0 +1,155 @@
+"""What a fitted teacher hands to the store: dense depth and opacity for every real camera
+image, virtual-camera renders, and the quality figures the teacher can measure on its own.
+
+Plain numpy out (arrays named as in the store's schema, samples in the scene's
+`camera_samples` order); writing them is the storage stage's business.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from distillprep.scenes.model import CameraSample, Scene
+from distillprep.scenes.projection import MIN_DEPTH
+
+from .evaluate import psnr
+from .fit import Teacher
+from .render import render_view, scaled_camera
+from .virtual import VirtualViewConfig, plan_arrays, plan_virtual_views, render_size
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """What `teacher render` writes."""
+
+    scale: float = 1.0
+    """Size of the dense depth maps relative to the camera images."""
+    virtual: VirtualViewConfig = field(default_factory=VirtualViewConfig)
+    """Virtual cameras: offsets, jitter, render size, solid-geometry checks."""
+    chunk: int = 16384
+    """Rays rendered at once (memory bound)."""
+
+
+@dataclass
+class TeacherOutputs:
+    arrays: dict[str, np.ndarray]
+    """Store arrays of the teacher stage."""
+    columns: dict[str, list]
+    """Manifest columns, one value per real sample."""
+    figures: dict[str, Any]
+    """Scene-level quality figures and virtual-view counts (provenance)."""
+
+
+def _resized_image(sample: CameraSample, height: int, width: int) -> np.ndarray:
+    """The camera image (H, W, 3) in [0, 1], box-filtered to (height, width) if needed."""
+    image = sample.load_image()
+    if image.shape[:2] != (height, width):
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
+    return image.astype(np.float32) / 255.0
+
+
+def lidar_abs_rel(depth: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.ndarray,
+                  points: np.ndarray) -> float:
+    """Mean |d - z| / z of a depth map (H, W) (camera z, metres) at the nearest pixels of
+    LiDAR points (P, 3) world seen by a camera with K (3, 3) and cam_to_world (4, 4)."""
+    cam = (points - cam_to_world[:3, 3]) @ cam_to_world[:3, :3]
+    z = cam[:, 2]
+    front = z > MIN_DEPTH
+    uv = cam[front] @ intrinsics.T
+    col, row = np.round(uv[:, 0] / uv[:, 2]).astype(int), np.round(uv[:, 1] / uv[:, 2]).astype(int)
+    h, w = depth.shape
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    if not inside.any():
+        return float("nan")
+    z = z[front][inside]
+    return float(np.mean(np.abs(depth[row[inside], col[inside]] - z) / z))
+
+
+def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
+                   config: RenderConfig, progress=None) -> TeacherOutputs:
+    """Render every real camera sample and the virtual views of `scene`.
+
+    `fitted_frames` are the frames the teacher was fitted on: the others count as held out
+    in the figures. `progress(iterable)` wraps the loop over samples when given.
+    """
+    start = time.perf_counter()
+    samples = scene.camera_samples
+    frame_of = {id(s): f.index for f in scene.frames for s in f.cameras.values()}
+    cameras = list(scene.camera_names)
+    depth, opacity, scores, errors, held = [], [], [], [], []
+    lidar_cache: dict[int, np.ndarray] = {}
+    for sample in progress(samples) if progress else samples:
+        k, h, w = scaled_camera(sample.intrinsics, sample.height, sample.width, config.scale)
+        out = render_view(teacher, k, sample.cam_to_world, h, w,
+                          cameras.index(sample.camera), chunk=config.chunk)
+        depth.append(out["depth"])
+        opacity.append(out["opacity"])
+        frame = frame_of[id(sample)]
+        if frame not in lidar_cache:
+            lidar_cache[frame] = scene.frames[frame].lidar_points().points
+        scores.append(psnr(out["rgb"], _resized_image(sample, h, w)))
+        errors.append(lidar_abs_rel(out["depth"], k, sample.cam_to_world, lidar_cache[frame]))
+        held.append(frame not in fitted_frames)
+    arrays = {"teacher_depth": np.stack(depth).astype(np.float16),
+              "teacher_opacity": np.clip(np.stack(opacity), 0.0, 1.0).astype(np.float16)}
+    virtual, counts = render_virtual_views(teacher, scene, config)
+    arrays.update(virtual)
+    held_mask = np.array(held)
+
+    def mean(values, mask):
+        picked = np.asarray(values)[mask]
+        return round(float(np.nanmean(picked)), 4) if len(picked) else None
+
+    figures = {
+        "heldout_frames": sorted(set(range(len(scene.frames))) - set(fitted_frames)),
+        "heldout_psnr_db": mean(scores, held_mask),
+        "train_psnr_db": mean(scores, ~held_mask),
+        "lidar_abs_rel": mean(errors, np.ones_like(held_mask)),
+        "lidar_abs_rel_heldout": mean(errors, held_mask),
+        "virtual_views": counts,
+        "render_time_s": round(time.perf_counter() - start, 2),
+    }
+    columns = {"teacher_psnr": scores, "teacher_lidar_abs_rel": errors,
+               "teacher_heldout": held}
+    return TeacherOutputs(arrays, columns, figures)
+
+
+def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
+                         ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Virtual views of every real sample by the policy, placed out of geometry the field
+    believes solid; returns their store arrays and counts of kept / moved / dropped."""
+    samples = scene.camera_samples
+    cameras = list(scene.camera_names)
+
+    @torch.no_grad()
+    def density(points: np.ndarray) -> np.ndarray:
+        return teacher.field.density(torch.as_tensor(points, dtype=torch.float32))[0].numpy()
+
+    plan = plan_virtual_views(np.stack([s.cam_to_world for s in samples]),
+                              np.stack([s.intrinsics for s in samples]),
+                              [(s.height, s.width) for s in samples], density, config.virtual)
+    arrays = plan_arrays(plan.views)
+    height, width = render_size(samples[0].height, samples[0].width,
+                                config.virtual.resolution_scale)
+    rgb = np.zeros((len(plan.views), height, width, 3), np.uint8)
+    depth = np.zeros((len(plan.views), height, width), np.float16)
+    opacity = np.zeros_like(depth)
+    for i, view in enumerate(plan.views):
+        out = render_view(teacher, view.intrinsics, view.cam_to_world, *view.size,
+                          cameras.index(samples[view.source_sample].camera), chunk=config.chunk)
+        rgb[i] = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255.0)
+        depth[i] = out["depth"]
+        opacity[i] = np.clip(out["opacity"], 0.0, 1.0)
+    arrays.update(virtual_rgb=rgb, virtual_depth=depth, virtual_opacity=opacity)
+    statuses = [v.status for v in plan.views]
+    counts = {"kept": statuses.count("kept"), "moved": statuses.count("moved"),
+              "dropped": len(plan.dropped),
+              "dropped_views": [{"source_sample": v.source_sample,
+                                 "offset": v.offset.tolist()} for v in plan.dropped]}
+    return arrays, counts

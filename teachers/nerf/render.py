@@ -1,0 +1,56 @@
+"""Rendering a fitted teacher through a pinhole camera: colour, depth along the camera
+axis and accumulated opacity per pixel, for real cameras and virtual ones alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from distillprep.scenes.model import Scene
+from distillprep.scenes.projection import image_pixels, pixel_rays
+
+from .fit import Teacher, render_rays
+from .virtual import render_size, scaled_intrinsics
+
+
+@torch.no_grad()
+def render_view(teacher: Teacher, intrinsics: np.ndarray, cam_to_world: np.ndarray,
+                height: int, width: int, camera_index: int, chunk: int = 16384,
+                ) -> dict[str, np.ndarray]:
+    """Render a (height, width) image of a camera with K (3, 3) and cam_to_world (4, 4)
+    OpenCV, world; `camera_index` picks the appearance embedding (the real camera's).
+
+    Returns rgb (H, W, 3) float32 in [0, 1], depth (H, W) float32 metres along the camera z
+    axis (expected depth of the normalised weights) and opacity (H, W) float32 in [0, 1].
+    """
+    origin, dirs = pixel_rays(intrinsics, cam_to_world, image_pixels(width, height))
+    per_depth = np.linalg.norm(dirs, axis=1)  # ray metres per metre of camera z
+    o = torch.as_tensor(origin, dtype=torch.float32).expand(len(dirs), 3)
+    d = torch.as_tensor(dirs / per_depth[:, None], dtype=torch.float32)
+    cam = torch.full((len(d),), camera_index, dtype=torch.long)
+    parts = {"rgb": [], "distance": [], "opacity": []}
+    for s in range(0, len(d), chunk):
+        out = render_rays(teacher, o[s:s + chunk], d[s:s + chunk], cam[s:s + chunk])
+        for key in parts:
+            parts[key].append(out[key].numpy())
+    distance = np.concatenate(parts["distance"])
+    return {"rgb": np.concatenate(parts["rgb"]).reshape(height, width, 3),
+            "depth": (distance / per_depth).astype(np.float32).reshape(height, width),
+            "opacity": np.concatenate(parts["opacity"]).reshape(height, width)}
+
+
+def render_image(teacher: Teacher, scene: Scene, frame: int, camera: str,
+                 scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Render one real camera image of the scene, at `scale` times its size."""
+    sample = scene.frames[frame].cameras[camera]
+    k, height, width = scaled_camera(sample.intrinsics, sample.height, sample.width, scale)
+    return render_view(teacher, k, sample.cam_to_world, height, width,
+                       scene.camera_names.index(camera))
+
+
+def scaled_camera(intrinsics: np.ndarray, height: int, width: int, scale: float,
+                  ) -> tuple[np.ndarray, int, int]:
+    """K (3, 3), height, width of the same camera rendered at `scale` times the size (the
+    exact per-axis ratio of the rounded size, so that the field of view is kept)."""
+    h, w = render_size(height, width, scale)
+    return scaled_intrinsics(intrinsics, (w / width, h / height)), h, w
