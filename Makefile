@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip "setuptools>=69" wheel
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(NUSCENES_DEVKIT)
+	$(BIN)/python -m distillprep.teachers.nerf.hash_kernel
 	touch $(STAMP)
 
 demo: $(STAMP)

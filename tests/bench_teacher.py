@@ -19,9 +19,23 @@ def _step_time(fn, x, table, config, repeats=3) -> float:
     return best
 
 
+def _forward_time(fn, x, table, config, repeats=3) -> float:
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x, table, config)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def bench_hash_grid() -> None:
     """Forward + backward of the vectorised encoding against the per-level loop, on the
-    calibration prototype's grid (16 levels x 2 features, 2^19 entries)."""
+    calibration prototype's grid (16 levels x 2 features, 2^19 entries); then the fused C++
+    kernel against both, timed in this process, interleaved with the torch path (best of
+    several rounds, so that other load on the machine biases no side)."""
+    from distillprep.teachers.nerf import hash_kernel
+
     torch.manual_seed(0)
     config = HashGridConfig(levels=16, features_per_level=2, log2_table_size=19,
                             base_resolution=16, max_resolution=2048)
@@ -31,6 +45,21 @@ def bench_hash_grid() -> None:
     naive = _step_time(hash_encode_naive, x, table, config)
     print(f"hash_grid.points_per_s_forward_backward: {len(x) / fast:.0f}")
     print(f"hash_grid.ratio_to_per_level_loop: {naive / fast:.2f}")
+    if not hash_kernel.available():
+        print(f"hash_grid.cpp: unavailable ({hash_kernel.load_error()})")
+        return
+    cpp = cpp_forward = torch_forward = float("inf")
+    for _ in range(3):
+        cpp = min(cpp, _step_time(hash_kernel.hash_encode_cpp, x, table, config))
+        fast = min(fast, _step_time(hash_encode, x, table, config))
+        cpp_forward = min(cpp_forward, _forward_time(hash_kernel.hash_encode_cpp, x, table,
+                                                     config))
+        torch_forward = min(torch_forward, _forward_time(hash_encode, x, table, config))
+    print(f"hash_grid.cpp.points_per_s_forward_backward: {len(x) / cpp:.0f}")
+    print(f"hash_grid.cpp.ratio_to_vectorised_torch: {fast / cpp:.2f}")
+    print(f"hash_grid.cpp.ratio_to_per_level_loop: {naive / cpp:.2f}")
+    inference = torch_forward / cpp_forward
+    print(f"hash_grid.cpp.forward_only_ratio_to_vectorised_torch: {inference:.2f}")
 
 
 if __name__ == "__main__":
@@ -50,8 +79,9 @@ def bench_teacher_fit(minutes: float) -> None:
     from distillprep.scenes.synthetic.generate import SynthConfig, generate
     from distillprep.scenes.synthetic.truth import load_ground_truth_depth
     from distillprep.teachers.nerf.evaluate import depth_metrics, lidar_nearest_fill, psnr
-    from distillprep.teachers.nerf.fit import FitConfig, fit, render_image
+    from distillprep.teachers.nerf.fit import FitConfig, fit
     from distillprep.teachers.nerf.rays import holdout_frames
+    from distillprep.teachers.nerf.render import render_image
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +115,7 @@ def bench_teacher_fit(minutes: float) -> None:
         table, eval_seconds, marks = [], [0.0], [minutes * 60 * (i + 1) / 4 for i in range(4)]
 
         def callback(step, record, teacher):
-            fit_seconds = record["seconds"] - eval_seconds[0]
+            fit_seconds = record["seconds"]  # steps only, evaluation excluded
             if marks and fit_seconds >= marks[0]:
                 marks.pop(0)
                 start = time.perf_counter()

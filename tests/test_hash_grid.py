@@ -85,10 +85,11 @@ def test_position_gradient_matches_finite_differences_of_the_reference(config):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_module_trains_a_target_function():
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_module_trains_a_target_function(backend):
     config = HashGridConfig(levels=8, features_per_level=2, log2_table_size=12,
                             base_resolution=4, max_resolution=128)
-    grid = HashGrid(config, seed=0)
+    grid = HashGrid(config, seed=0, backend=backend)
     head = torch.nn.Linear(config.output_dim, 1)
     opt = torch.optim.Adam(list(grid.parameters()) + list(head.parameters()), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
@@ -102,4 +103,4 @@ def test_module_trains_a_target_function():
         loss.backward()
         opt.step()
     assert loss.item() < 0.02 * first
-    assert grid.backend == "torch"
+    assert grid.backend == backend

@@ -22,6 +22,7 @@ from distillprep.scenes.model import Scene
 
 from .config_io import from_dict, identity_hash, to_dict
 from .contraction import SceneBox
+from .dynamic import DynamicField
 from .field import StaticField
 from .fit import FitConfig, FitState, Teacher, new_state
 from .sampler import OccupancyGrid
@@ -77,6 +78,8 @@ def save_checkpoint(path: str | Path, state: FitState, scene: Scene, frames: lis
         "box": [list(teacher.field.box.lower), list(teacher.field.box.upper)],
         "occupancy": teacher.grid.occupied.clone(),
         "field": teacher.field.state_dict(),
+        "dynamic": teacher.dynamic.state_dict() if teacher.dynamic is not None else {},
+        "duration_s": teacher.duration_s,
         "optimizer": state.optimizer.state_dict(),
         "rng": json.dumps(state.rng.bit_generator.state),
         "step": state.step, "wall_time_s": state.wall_time_s,
@@ -118,7 +121,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise ValueError(f"occupancy grid {tuple(raw['occupancy'].shape)} does not match "
                              f"the config's {tuple(grid.occupied.shape)}")
         grid.occupied = raw["occupancy"].to(torch.bool)
-        teacher = Teacher(field, grid, config, json.loads(raw["history"]))
+        dynamic = None
+        if config.dynamic is not None:
+            dynamic = DynamicField(config.dynamic, box)
+            dynamic.load_state_dict(raw["dynamic"])
+        teacher = Teacher(field, grid, config, json.loads(raw["history"]), dynamic,
+                          float(raw["duration_s"]))
         state = new_state(teacher)
         state.optimizer.load_state_dict(raw["optimizer"])
         state.rng.bit_generator.state = json.loads(raw["rng"])

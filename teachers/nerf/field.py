@@ -36,6 +36,16 @@ def encode_direction(d: torch.Tensor, frequencies: int) -> torch.Tensor:
     return torch.cat([d, torch.sin(scaled).flatten(-2), torch.cos(scaled).flatten(-2)], -1)
 
 
+DENSITY_CLAMP = 15.0
+"""Raw density outputs are clamped to this before the exponential (EmerNeRF's trunc_exp)."""
+
+
+def density_activation(raw: torch.Tensor) -> torch.Tensor:
+    """Density (1/m) from a raw MLP output: exp(min(raw, 15) - 1); density spans orders of
+    magnitude, and the clamp keeps the exponential finite."""
+    return torch.exp(raw.clamp(max=DENSITY_CLAMP) - 1.0)
+
+
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
 
@@ -59,9 +69,7 @@ class StaticField(nn.Module):
     def density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points (P, 3) world -> density (P,) 1/m and geometry features (P, G)."""
         raw = self.density_mlp(self.grid(contract(points, self.box)))
-        # exp with a clamp (EmerNeRF's trunc_exp): density spans orders of magnitude
-        sigma = torch.exp(raw[:, 0].clamp(max=15.0) - 1.0)
-        return sigma, raw[:, 1:]
+        return density_activation(raw[:, 0]), raw[:, 1:]
 
     def ray_features(self, directions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
         """What the colour and sky heads see of a ray: encoded unit directions (R, 3) world

@@ -1,8 +1,10 @@
-"""Fitting the static teacher to a scene: plain functions, no orchestration.
+"""Fitting the teacher to a scene: plain functions, no orchestration.
 
-One step draws random camera rays (photometric loss, sky composited behind the field)
-and random LiDAR rays (expected-depth loss, scaled by 1/80 m as EmerNeRF does), renders
-them through the occupancy-culled samples and takes an Adam step.
+One step draws random camera rays (photometric loss, sky composited behind the field, sky
+opacity on LiDAR-confirmed sky rays) and random LiDAR rays (expected-depth loss, scaled by
+1/80 m as EmerNeRF does), renders them through the occupancy-culled samples and takes an
+Adam step. With a dynamic field, its density adds to the static one (EmerNeRF's blend) and
+a sparsity loss keeps it at zero wherever the static field explains the scene.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from distillprep.scenes.model import Scene
 
 from .contraction import SceneBox
+from .dynamic import DynamicField, DynamicFieldConfig, blend, check_compatible, sparsity_loss
 from .field import FieldConfig, StaticField
 from .rays import CameraRays, LidarRays, camera_rays, check_scene_for_fit, lidar_rays
 from .rendering import composite, expected_depth, render_weights
@@ -28,6 +31,9 @@ class FitConfig:
     """Optimisation of one scene's teacher."""
 
     model: FieldConfig = field(default_factory=FieldConfig)
+    """The static field's sizes."""
+    dynamic: DynamicFieldConfig | None = None
+    """The time-conditioned dynamic field (None: a static scene, no dynamic field)."""
     """The field's sizes."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Ray sampling."""
@@ -62,6 +68,14 @@ class Teacher:
     grid: OccupancyGrid
     config: FitConfig
     history: list[dict] = field(default_factory=list)
+    dynamic: DynamicField | None = None
+    """The dynamic field, when the config asks for one."""
+    duration_s: float = 1.0
+    """Seconds from the scene's first to its last frame: time 0..duration maps to 0..1."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.field.parameters()) + (
+            list(self.dynamic.parameters()) if self.dynamic is not None else [])
 
 
 WEIGHT_EPSILON = 1e-4
@@ -70,38 +84,66 @@ show (nor can its gradient reach the density) in the ray's result."""
 
 
 def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tensor,
-                camera: torch.Tensor) -> dict[str, torch.Tensor]:
-    """rgb (R, 3), opacity (R,) and expected ray distance (R,) of unit rays (R)."""
+                camera: torch.Tensor, times: torch.Tensor | None = None,
+                ) -> dict[str, torch.Tensor]:
+    """rgb (R, 3), opacity (R,) and expected ray distance (R,) of unit rays (R) from
+    camera ids (R,) at times (R,) seconds since the scene's first frame (needed with a
+    dynamic field); with one, also `dynamic_sigma` (P,) of the samples taken."""
     samples = teacher.grid.sample(origins, directions)
     valid = samples.valid
     mids = (samples.t_start + samples.t_end) / 2
     ray_of, slot = valid.nonzero(as_tuple=True)  # the P valid samples
     points = origins[ray_of] + directions[ray_of] * mids[ray_of, slot, None]
-    field_ = teacher.field
+    field_, dynamic = teacher.field, teacher.dynamic
     sigma = torch.zeros(valid.shape, dtype=origins.dtype)
     colors = torch.zeros(valid.shape + (3,), dtype=origins.dtype)
     rays = field_.ray_features(directions, camera)
+    out = {}
     if len(ray_of):
         s, feats = field_.density(points)
-        sigma = sigma.index_put((ray_of, slot), s)
+        if dynamic is not None:
+            if times is None:
+                raise ValueError("a teacher with a dynamic field renders rays at given times")
+            s_d, feats_d = dynamic.density(points, times[ray_of] / teacher.duration_s)
+            out["dynamic_sigma"] = s_d
+            sigma = sigma.index_put((ray_of, slot), s + s_d)
+        else:
+            sigma = sigma.index_put((ray_of, slot), s)
     weights = render_weights(sigma, samples.t_start, samples.t_end)
     if len(ray_of):
         seen = weights.detach()[ray_of, slot] > WEIGHT_EPSILON
-        colors = colors.index_put((ray_of[seen], slot[seen]),
-                                  field_.color(feats[seen], rays[ray_of[seen]]))
+        seen_rays = rays[ray_of[seen]]
+        rgb = field_.color(feats[seen], seen_rays)
+        if dynamic is not None:
+            _, rgb = blend(s[seen], rgb, s_d[seen], field_.color(feats_d[seen], seen_rays))
+        colors = colors.index_put((ray_of[seen], slot[seen]), rgb)
     return {
         "rgb": composite(weights, colors, field_.sky(rays)),
         "opacity": weights.sum(dim=-1),
         "distance": expected_depth(weights, samples.t_start, samples.t_end, normalize=True),
+        **out,
     }
+
+
+def scene_duration(scene: Scene) -> float:
+    """Seconds from the scene's first to its last frame (at least 1 ms)."""
+    return max(1e-3, (scene.frames[-1].timestamp_us - scene.frames[0].timestamp_us) / 1e6)
 
 
 def build_teacher(scene: Scene, config: FitConfig, lidar: LidarRays) -> Teacher:
     torch.manual_seed(config.seed)
-    box = SceneBox.from_lidar(lidar.origins + lidar.directions * lidar.ranges[:, None])
+    returns = lidar.origins + lidar.directions * lidar.ranges[:, None]
+    box = SceneBox.from_lidar(returns)
     grid = OccupancyGrid(config.sampler, box)
     grid.carve(lidar.origins, lidar.directions, lidar.ranges)
-    return Teacher(StaticField(config.model, box, len(scene.camera_names)), grid, config)
+    # a moving object's cells were carved by rays of other times: keep every return's cell
+    grid.mark_occupied(returns)
+    dynamic = None
+    if config.dynamic is not None:
+        check_compatible(config.dynamic, config.model.geometry_features)
+        dynamic = DynamicField(config.dynamic, box, seed=config.seed + 1)
+    return Teacher(StaticField(config.model, box, len(scene.camera_names)), grid, config,
+                   dynamic=dynamic, duration_s=scene_duration(scene))
 
 
 @dataclass
@@ -111,7 +153,8 @@ class TrainingRays:
     camera: CameraRays
     lidar: LidarRays
     tensors: dict[str, torch.Tensor]
-    """cam_o, cam_d (M, 3), rgb (M, 3), cam_id (M,), lid_o, lid_d (K, 3), range (K,)."""
+    """cam_o, cam_d (M, 3), rgb (M, 3), cam_id (M,), cam_t (M,) s, sky (M,) bool, lid_o,
+    lid_d (K, 3), range (K,), lid_t (K,) s."""
 
     @staticmethod
     def of(scene: Scene, frames: list[int], config: FitConfig) -> TrainingRays:
@@ -120,7 +163,8 @@ class TrainingRays:
         lidar = lidar_rays(scene, frames)
         t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (
             ("cam_o", cams.origins), ("cam_d", cams.directions), ("rgb", cams.rgb),
-            ("lid_o", lidar.origins), ("lid_d", lidar.directions), ("range", lidar.ranges))}
+            ("lid_o", lidar.origins), ("lid_d", lidar.directions), ("range", lidar.ranges),
+            ("cam_t", cams.time_s), ("lid_t", lidar.time_s))}
         t["cam_id"] = torch.as_tensor(cams.camera_index)
         t["sky"] = torch.as_tensor(cams.sky)
         return TrainingRays(cams, lidar, t)
@@ -158,7 +202,7 @@ def start_fit(scene: Scene, frames: list[int], config: FitConfig,
 
 
 def new_state(teacher: Teacher) -> FitState:
-    optimizer = torch.optim.Adam(teacher.field.parameters(),
+    optimizer = torch.optim.Adam(teacher.parameters(),
                                  lr=teacher.config.learning_rate, eps=1e-15)
     return FitState(teacher, optimizer, np.random.default_rng(teacher.config.seed))
 
@@ -167,7 +211,8 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     """One optimisation step; returns its losses (detached)."""
     teacher, config, t = state.teacher, state.teacher.config, rays.tensors
     pick = torch.as_tensor(state.rng.integers(0, len(t["cam_id"]), config.camera_rays))
-    out = render_rays(teacher, t["cam_o"][pick], t["cam_d"][pick], t["cam_id"][pick])
+    out = render_rays(teacher, t["cam_o"][pick], t["cam_d"][pick], t["cam_id"][pick],
+                      t["cam_t"][pick])
     rgb_loss = ((out["rgb"] - t["rgb"][pick]) ** 2).mean()
     loss = rgb_loss
     sky_loss = torch.zeros(())
@@ -180,9 +225,15 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     if config.lidar_rays:
         pick = torch.as_tensor(state.rng.integers(0, len(t["range"]), config.lidar_rays))
         lid = render_rays(teacher, t["lid_o"][pick], t["lid_d"][pick],
-                          torch.zeros(len(pick), dtype=torch.long))
+                          torch.zeros(len(pick), dtype=torch.long), t["lid_t"][pick])
         depth_loss = (((lid["distance"] - t["range"][pick]) / 80.0) ** 2).mean()
         loss = loss + config.depth_weight * depth_loss
+    dynamic_loss = torch.zeros(())
+    if teacher.dynamic is not None:
+        dynamic_loss = sparsity_loss(torch.cat([out.get("dynamic_sigma", torch.zeros(0)),
+                                                lid.get("dynamic_sigma", torch.zeros(0))
+                                                if config.lidar_rays else torch.zeros(0)]))
+        loss = loss + config.dynamic.sparsity_weight * dynamic_loss
     if not torch.isfinite(loss):
         raise TeacherDivergedError(state.step + 1, loss.item())
     state.optimizer.zero_grad(set_to_none=True)
@@ -190,7 +241,8 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     state.optimizer.step()
     state.step += 1
     return {"loss": loss.detach(), "rgb_loss": rgb_loss.detach(),
-            "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach()}
+            "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach(),
+            "dynamic_loss": dynamic_loss.detach()}
 
 
 def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -> FitState:
@@ -207,6 +259,7 @@ def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -
                       "psnr": -10 * np.log10(max(rgb, 1e-10)),
                       "depth_loss": losses["depth_loss"].item(),
                       "sky_loss": losses["sky_loss"].item(),
+                      "dynamic_loss": losses["dynamic_loss"].item(),
                       "seconds": state.wall_time_s}
             state.teacher.history.append(record)
             if callback is not None and callback(state.step, record, state.teacher):

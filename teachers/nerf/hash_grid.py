@@ -5,9 +5,11 @@ the 2^d cell corners, and a custom backward that scatters table gradients with o
 `index_add_` (torch's own backward of the gather was several times slower). Beside it,
 `_hash_encode_reference` is the plainly written numpy definition the tests compare
 values and gradients against, and `hash_encode_naive` a per-level torch loop kept as the
-benchmark's baseline. `HashGrid.backend` names the implementation that runs: `torch`
-today; tiny-cuda-nn's encoding of the same configuration is to join it behind this
-interface for CUDA devices (not written yet: no GPU was available to test it).
+benchmark's baseline. `HashGrid.backend` names the implementation that runs: `cpp`, the
+fused C++/OpenMP kernel of hash_kernel.py (CPU tensors; `auto` picks it when it built),
+or `torch`, the path above; tiny-cuda-nn's encoding of the same configuration is to join
+them behind this interface for CUDA devices (not written yet: no GPU was available to
+test it).
 
 Definition (tcnn's conventions): inputs x (N, d) in [0, 1]; level l has scale
 s_l = base * b^l - 1 with b = exp((ln max - ln base) / (levels - 1)); the point sits at
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from . import hash_kernel
 
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
@@ -204,17 +208,47 @@ def _hash_encode_reference(x: np.ndarray, table: np.ndarray, config: HashGridCon
 
 
 class HashGrid(torch.nn.Module):
-    """A trainable hash grid: tables (L, T, F) initialised uniformly in +-1e-4."""
+    """A trainable hash grid: tables (L, T, F) initialised uniformly in +-1e-4.
 
-    def __init__(self, config: HashGridConfig, seed: int = 0):
+    `backend` is "auto" (the C++ kernel for CPU tensors it supports when it is available,
+    else torch; resolved again at every call, so moving the module to another device
+    switches), "cpp" or "torch"; `self.backend` records the one used last.
+    """
+
+    BACKENDS = ("auto", "cpp", "torch")
+
+    def __init__(self, config: HashGridConfig, seed: int = 0, backend: str = "auto"):
         super().__init__()
+        if backend not in self.BACKENDS:
+            raise ValueError(f"unknown hash grid backend {backend!r}; choose one of "
+                             f"{', '.join(self.BACKENDS)}")
         self.config = config
         generator = torch.Generator().manual_seed(seed)
         self.table = torch.nn.Parameter(
             (torch.rand(config.levels, config.table_size, config.features_per_level,
                         generator=generator) * 2 - 1) * 1e-4)
-        self.backend = "torch"
+        self.requested_backend = backend
+        probe = torch.empty(0, config.input_dim, dtype=self.table.dtype)
+        self.backend = self._resolve(probe)
+
+    def _resolve(self, x: torch.Tensor) -> str:
+        if self.requested_backend == "torch":
+            return "torch"
+        usable = hash_kernel.supports(x, self.table, self.config)
+        if self.requested_backend == "cpp":
+            if not usable:
+                raise ValueError("backend 'cpp' needs CPU float32/float64 tensors of one dtype "
+                                 f"and input_dim 3 or 4 (x: {x.device}/{x.dtype}, table: "
+                                 f"{self.table.device}/{self.table.dtype})")
+            if not hash_kernel.available():
+                raise RuntimeError(f"the C++ hash kernel is not available: "
+                                   f"{hash_kernel.load_error()}")
+            return "cpp"
+        return "cpp" if usable and hash_kernel.available() else "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, d) in [0, 1] -> (N, L * F)."""
+        self.backend = self._resolve(x)
+        if self.backend == "cpp":
+            return hash_kernel.hash_encode_cpp(x, self.table, self.config)
         return hash_encode(x, self.table, self.config)

@@ -20,7 +20,7 @@ from distillprep.scenes.projection import MIN_DEPTH
 
 from .evaluate import psnr
 from .fit import Teacher
-from .render import render_view, scaled_camera
+from .render import render_view, sample_time, scaled_camera
 from .virtual import VirtualViewConfig, plan_arrays, plan_virtual_views, render_size
 
 
@@ -87,7 +87,8 @@ def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
     for sample in progress(samples) if progress else samples:
         k, h, w = scaled_camera(sample.intrinsics, sample.height, sample.width, config.scale)
         out = render_view(teacher, k, sample.cam_to_world, h, w,
-                          cameras.index(sample.camera), chunk=config.chunk)
+                          cameras.index(sample.camera), sample_time(scene, sample),
+                          chunk=config.chunk)
         depth.append(out["depth"])
         opacity.append(out["opacity"])
         frame = frame_of[id(sample)]
@@ -120,6 +121,17 @@ def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
     return TeacherOutputs(arrays, columns, figures)
 
 
+def static_density(teacher: Teacher):
+    """density_fn(points (P, 3) world numpy) -> (P,) of the static field: what virtual
+    cameras must not sit in (a moving car is there only for a moment)."""
+
+    @torch.no_grad()
+    def density(points: np.ndarray) -> np.ndarray:
+        return teacher.field.density(torch.as_tensor(points, dtype=torch.float32))[0].numpy()
+
+    return density
+
+
 def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
                          ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Virtual views of every real sample by the policy, placed out of geometry the field
@@ -127,13 +139,10 @@ def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
     samples = scene.camera_samples
     cameras = list(scene.camera_names)
 
-    @torch.no_grad()
-    def density(points: np.ndarray) -> np.ndarray:
-        return teacher.field.density(torch.as_tensor(points, dtype=torch.float32))[0].numpy()
-
     plan = plan_virtual_views(np.stack([s.cam_to_world for s in samples]),
                               np.stack([s.intrinsics for s in samples]),
-                              [(s.height, s.width) for s in samples], density, config.virtual)
+                              [(s.height, s.width) for s in samples], static_density(teacher),
+                              config.virtual)
     arrays = plan_arrays(plan.views)
     height, width = render_size(samples[0].height, samples[0].width,
                                 config.virtual.resolution_scale)
@@ -141,8 +150,10 @@ def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
     depth = np.zeros((len(plan.views), height, width), np.float16)
     opacity = np.zeros_like(depth)
     for i, view in enumerate(plan.views):
+        source = samples[view.source_sample]
         out = render_view(teacher, view.intrinsics, view.cam_to_world, *view.size,
-                          cameras.index(samples[view.source_sample].camera), chunk=config.chunk)
+                          cameras.index(source.camera), sample_time(scene, source),
+                          chunk=config.chunk)
         rgb[i] = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255.0)
         depth[i] = out["depth"]
         opacity[i] = np.clip(out["opacity"], 0.0, 1.0)

@@ -15,10 +15,11 @@ from .virtual import render_size, scaled_intrinsics
 
 @torch.no_grad()
 def render_view(teacher: Teacher, intrinsics: np.ndarray, cam_to_world: np.ndarray,
-                height: int, width: int, camera_index: int, chunk: int = 16384,
-                ) -> dict[str, np.ndarray]:
+                height: int, width: int, camera_index: int, time_s: float = 0.0,
+                chunk: int = 16384) -> dict[str, np.ndarray]:
     """Render a (height, width) image of a camera with K (3, 3) and cam_to_world (4, 4)
-    OpenCV, world; `camera_index` picks the appearance embedding (the real camera's).
+    OpenCV, world, at `time_s` seconds since the scene's first frame (what a dynamic field
+    shows); `camera_index` picks the appearance embedding (the real camera's).
 
     Returns rgb (H, W, 3) float32 in [0, 1], depth (H, W) float32 metres along the camera z
     axis (expected depth of the normalised weights) and opacity (H, W) float32 in [0, 1].
@@ -28,9 +29,11 @@ def render_view(teacher: Teacher, intrinsics: np.ndarray, cam_to_world: np.ndarr
     o = torch.as_tensor(origin, dtype=torch.float32).expand(len(dirs), 3)
     d = torch.as_tensor(dirs / per_depth[:, None], dtype=torch.float32)
     cam = torch.full((len(d),), camera_index, dtype=torch.long)
+    times = torch.full((len(d),), float(time_s))
     parts = {"rgb": [], "distance": [], "opacity": []}
     for s in range(0, len(d), chunk):
-        out = render_rays(teacher, o[s:s + chunk], d[s:s + chunk], cam[s:s + chunk])
+        out = render_rays(teacher, o[s:s + chunk], d[s:s + chunk], cam[s:s + chunk],
+                          times[s:s + chunk])
         for key in parts:
             parts[key].append(out[key].numpy())
     distance = np.concatenate(parts["distance"])
@@ -45,7 +48,12 @@ def render_image(teacher: Teacher, scene: Scene, frame: int, camera: str,
     sample = scene.frames[frame].cameras[camera]
     k, height, width = scaled_camera(sample.intrinsics, sample.height, sample.width, scale)
     return render_view(teacher, k, sample.cam_to_world, height, width,
-                       scene.camera_names.index(camera))
+                       scene.camera_names.index(camera), sample_time(scene, sample))
+
+
+def sample_time(scene: Scene, sample) -> float:
+    """Seconds from the scene's first frame to a camera sample's exposure."""
+    return (sample.timestamp_us - scene.frames[0].timestamp_us) / 1e6
 
 
 def scaled_camera(intrinsics: np.ndarray, height: int, width: int, scale: float,

@@ -89,6 +89,12 @@ class OccupancyGrid:
             flat[self.cells(points[free])] = False
         return float(self.occupied.float().mean())
 
+    def mark_occupied(self, points: np.ndarray) -> None:
+        """Mark occupied the cells holding points (N, 3) world (e.g. every LiDAR return:
+        what something occupied at some time must stay samplable)."""
+        flat = self.occupied.view(-1)
+        flat[self.cells(torch.as_tensor(points, dtype=torch.float32))] = True
+
     def sample(self, origins: torch.Tensor, directions: torch.Tensor) -> RaySamples:
         """The first `max_samples` candidate intervals per ray (R) in occupied cells."""
         box = self.box

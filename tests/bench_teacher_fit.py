@@ -1,0 +1,146 @@
+"""`make bench`: fit a teacher on a synthetic nuScenes scene (320x180, 6 cameras, 10
+keyframes, moving vehicles, two keyframes held out) for a set time and print its figures
+against the generator's exact ground truth, beside a LiDAR-only baseline, with a table of
+how they moved over the fit and a profile of where a step's time goes.
+
+DISTILLPREP_BENCH_FIT_MINUTES sets the fitting time (default 3; the issue's figure: 20).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
+from distillprep.scenes.synthetic.render import render_view as exact_view
+from distillprep.scenes.synthetic.truth import load_ground_truth_depth
+from distillprep.teachers.nerf.evaluate import depth_metrics, lidar_nearest_fill, psnr
+from distillprep.teachers.nerf.fit import FitConfig, start_fit, train, train_step
+from distillprep.teachers.nerf.outputs import RenderConfig, static_density
+from distillprep.teachers.nerf.rays import holdout_frames
+from distillprep.teachers.nerf.render import render_image, render_view, sample_time
+from distillprep.teachers.nerf.virtual import plan_virtual_views
+
+
+def _mean(rows, key):
+    return float(np.nanmean([r[key] for r in rows]))
+
+
+def score_real(teacher, scene, root, frames, cameras):
+    """Held-out PSNR and depth figures of the teacher and of the LiDAR baseline."""
+    rows = {"psnr": [], "teacher": [], "teacher_no_lidar": [], "lidar": [],
+            "lidar_no_lidar": []}
+    for f in frames:
+        points = scene.frames[f].lidar_points().points
+        for cam in cameras:
+            sample = scene.frames[f].cameras[cam]
+            out = render_image(teacher, scene, f, cam)
+            gt = load_ground_truth_depth(root, sample.source_file)
+            base, has_return = lidar_nearest_fill(sample, points)
+            solid = gt > 0
+            rows["psnr"].append(psnr(out["rgb"], sample.load_image() / 255.0))
+            rows["teacher"].append(depth_metrics(out["depth"], gt, solid))
+            rows["teacher_no_lidar"].append(depth_metrics(out["depth"], gt, solid & ~has_return))
+            rows["lidar"].append(depth_metrics(base, gt, solid))
+            rows["lidar_no_lidar"].append(depth_metrics(base, gt, solid & ~has_return))
+    return {"psnr": float(np.mean(rows["psnr"])),
+            **{f"{k}.{m}": _mean(v, m) for k, v in rows.items() if k != "psnr"
+               for m in ("abs_rel", "delta_1_25")}}
+
+
+def score_virtual(teacher, scene, root, frames):
+    """Virtual views of the held-out frames (the default policy) against the generator's
+    exact render of the same poses at the same time."""
+    world = load_worlds(root)[scene.scene_id]
+    samples = [s for f in frames for s in scene.frames[f].cameras.values()]
+
+    plan = plan_virtual_views(np.stack([s.cam_to_world for s in samples]),
+                              np.stack([s.intrinsics for s in samples]),
+                              [(s.height, s.width) for s in samples], static_density(teacher),
+                              RenderConfig().virtual)
+    scores, errors = [], []
+    for view in plan.views:
+        sample = samples[view.source_sample]
+        h, w = view.size
+        ours = render_view(teacher, view.intrinsics, view.cam_to_world, h, w,
+                           scene.camera_names.index(sample.camera), sample_time(scene, sample))
+        exact = exact_view(world, view.intrinsics, view.cam_to_world,
+                           sample_time(scene, sample), w, h, supersample=2)
+        scores.append(psnr(ours["rgb"], exact.rgb / 255.0))
+        errors.append(depth_metrics(ours["depth"], exact.depth, exact.depth > 0)["abs_rel"])
+    return {"psnr": float(np.mean(scores)), "abs_rel": float(np.nanmean(errors)),
+            "views": len(plan.views), "dropped": len(plan.dropped)}
+
+
+def profile_steps(state, rays, steps: int = 5) -> list[tuple[str, float]]:
+    """Share of self CPU time per operator over a few training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(state, rays)
+    events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in events)
+    return [(k, t / total) for k, t in sorted(events, key=lambda e: -e[1])[:10]]
+
+
+def bench_teacher_fit(minutes: float) -> None:
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate(Path(tmp) / "nuscenes", "nuscenes",
+                        SynthConfig(scenes=1, frames=10, width=320, height=180, seed=3))
+        scene = read_nuscenes(root).scenes[0]
+        train_frames, held = holdout_frames(len(scene.frames), 2)
+        config = FitConfig(steps=10**9, log_every=5)
+        start = time.perf_counter()
+        state, rays = start_fit(scene, train_frames, config)
+        prepare = time.perf_counter() - start
+        rows, every = [], max(60.0, minutes * 60 / 8)
+        marks = [every * (i + 1) for i in range(int(minutes * 60 / every))]
+
+        def callback(step, record, teacher):
+            if marks and record["seconds"] >= marks[0]:
+                marks.pop(0)
+                figures = score_real(teacher, scene, root, held, ["CAM_FRONT"])
+                rows.append((step, record["seconds"], figures))
+            return not marks
+
+        train(state, rays, config.steps, callback)
+        fit_s = state.wall_time_s
+        print(f"teacher.backend: {state.teacher.field.grid.backend}")
+        print(f"teacher.prepare_s: {prepare:.1f}")
+        print(f"teacher.fit_minutes: {fit_s / 60:.1f}")
+        print(f"teacher.steps: {state.step}")
+        print(f"teacher.camera_rays_per_s: {state.step * config.camera_rays / fit_s:.0f}")
+        print("teacher.progress (step, minutes, held-out PSNR of the front cameras, depth "
+              "AbsRel non-sky):")
+        for step, seconds, figures in rows:
+            print(f"  {step:6d} {seconds / 60:6.1f} {figures['psnr']:7.2f} "
+                  f"{figures['teacher.abs_rel']:7.3f}")
+        final = score_real(state.teacher, scene, root, held, list(scene.camera_names))
+        print(f"teacher.heldout_psnr_db: {final['psnr']:.2f}")
+        for who in ("teacher", "lidar"):
+            for where, key in (("non_sky", who), ("no_lidar_return", f"{who}_no_lidar")):
+                print(f"{who}.depth_abs_rel.{where}: {final[key + '.abs_rel']:.3f}")
+                print(f"{who}.depth_delta_1_25.{where}: {final[key + '.delta_1_25']:.3f}")
+        start = time.perf_counter()
+        virtual = score_virtual(state.teacher, scene, root, held)
+        print(f"teacher.virtual_psnr_db: {virtual['psnr']:.2f}")
+        print(f"teacher.virtual_depth_abs_rel: {virtual['abs_rel']:.3f}")
+        print(f"teacher.virtual_views: {virtual['views']} ({virtual['dropped']} dropped)")
+        print(f"teacher.render_s_per_view: "
+              f"{(time.perf_counter() - start) / max(1, virtual['views']):.2f} "
+              "(teacher and exact render)")
+        print("teacher.profile (share of self CPU time per operator, 5 steps):")
+        for name, share in profile_steps(state, rays):
+            print(f"  {share * 100:5.1f} %  {name}")
+
+
+if __name__ == "__main__":
+    bench_teacher_fit(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")))
