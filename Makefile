@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # --no-deps; its real runtime dependencies are listed in pyproject.toml.
 NUSCENES_DEVKIT := nuscenes-devkit==1.2.0
 DEMO_OUT ?= demo_out
+# a short teacher: enough to see the scene in its depth and virtual views, not a good fit
+DEMO_TEACHER_STEPS ?= 200
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: venv demo test test-slow bench lint clean
@@ -30,7 +32,14 @@ demo: $(STAMP)
 		--frame 0 --out $(DEMO_OUT)/preview_scene-0001_frame0.png
 	$(BIN)/distillprep ingest $(DEMO_OUT)/nuscenes --dataset nuscenes --out $(DEMO_OUT)/store.zarr --force
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
+	rm -f $(DEMO_OUT)/teacher_scene-0001.pt
+	$(BIN)/distillprep teacher fit $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
+		--out $(DEMO_OUT)/teacher_scene-0001.pt --steps $(DEMO_TEACHER_STEPS) --holdout 1
+	$(BIN)/distillprep teacher render $(DEMO_OUT)/teacher_scene-0001.pt \
+		--store $(DEMO_OUT)/store.zarr --scale 0.5
+	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
 	$(BIN)/distillprep inspect $(DEMO_OUT)/store.zarr --png $(DEMO_OUT)/store_previews
+	$(BIN)/distillprep export distillnerf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/distillnerf
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

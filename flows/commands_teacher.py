@@ -46,6 +46,9 @@ def add_teacher(sub) -> None:
                    help="teacher config the checkpoint must have been fitted with")
     r.add_argument("--render-config", type=Path, default=None,
                    help="render config, JSON or TOML (fields of RenderConfig)")
+    r.add_argument("--scale", type=float, default=None,
+                   help="render size relative to the camera images, for dense depth and "
+                   "virtual views alike (overrides the render config's)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(run=run_render)
 
@@ -73,9 +76,8 @@ def run_fit(args) -> int:
         FitConfig,
         TeacherDivergedError,
         TrainingRays,
-        build_teacher,
         check_scene_for_fit,
-        new_state,
+        start_fit,
         train,
     )
     from distillprep.teachers.nerf.rays import holdout_frames
@@ -98,9 +100,10 @@ def run_fit(args) -> int:
             range(len(scene.frames)))
     steps = args.steps if args.steps is not None else config.steps
     config = dataclasses.replace(config, steps=steps, log_every=min(config.log_every, 10))
-    rays = TrainingRays.of(scene, frames, config)
-    if not resumed:
-        state = new_state(build_teacher(scene, config, rays.lidar))
+    if resumed:
+        rays = TrainingRays.of(scene, frames, config)
+    else:
+        state, rays = start_fit(scene, frames, config)
     state.teacher.config = config
     source = {"dataset": args.dataset, "dataroot": str(args.dataroot.resolve()),
               "version": read.version}
@@ -176,6 +179,12 @@ def run_render(args) -> int:
     check_matches(checkpoint, scene, expected)
     render_config = (load_config_file(RenderConfig, args.render_config)
                      if args.render_config else RenderConfig())
+    if args.scale is not None:
+        if not args.scale > 0:
+            raise ValueError(f"--scale {args.scale}: must be > 0")
+        render_config = dataclasses.replace(
+            render_config, scale=args.scale,
+            virtual=dataclasses.replace(render_config.virtual, resolution_scale=args.scale))
     store = create_store(args.store, scene.dataset, read.version,
                          storage_options=_storage_options(args))
     ingested = scene.scene_id not in store.scenes()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from bench_store import bench_store
-from bench_teacher import bench_hash_grid, bench_teacher_fit
+from bench_teacher import bench_hash_grid
+from bench_teacher_fit import bench_teacher_fit
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes

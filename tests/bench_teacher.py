@@ -66,6 +66,10 @@ if __name__ == "__main__":
     bench_hash_grid()
 
 
+if __name__ == "__main__":
+    bench_hash_grid()
+
+
 def bench_teacher_fit(minutes: float) -> None:
     """Fit a static teacher on a synthetic scene (320x180, 6 cameras, 10 keyframes, two
     held out) for `minutes` of wall time and print its figures against exact ground

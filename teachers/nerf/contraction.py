@@ -27,15 +27,21 @@ class SceneBox:
 
     @staticmethod
     def from_lidar(points: np.ndarray, percentile: float = 2.0, margin: float = 0.0,
-                   ) -> SceneBox:
+                   min_height_ratio: float = 0.25) -> SceneBox:
         """The box spanning the [percentile, 100 - percentile] range of LiDAR points
-        (N, 3) world on every axis, grown by `margin` metres."""
+        (N, 3) world (z up) on every axis, grown by `margin` metres, and its top raised
+        so that its height is at least `min_height_ratio` x its longest horizontal side.
+
+        Why the raise: a spinning LiDAR sees little above a few metres (HDL-32E's top beam
+        is at +10.7 deg), so the percentile box is flat and facades and tree tops above it
+        would fall into the coarse contracted shell."""
         if len(points) == 0:
             raise ValueError("cannot fit a scene box without LiDAR points")
         lo = np.percentile(points, percentile, axis=0) - margin
         hi = np.percentile(points, 100.0 - percentile, axis=0) + margin
         if np.any(hi - lo <= 0):
             raise ValueError(f"degenerate scene box {lo.tolist()} .. {hi.tolist()}")
+        hi[2] = max(hi[2], lo[2] + min_height_ratio * float(np.max(hi[:2] - lo[:2])))
         return SceneBox(tuple(float(v) for v in lo), tuple(float(v) for v in hi))
 
     def tensors(self, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,12 +130,17 @@ def scene_duration(scene: Scene) -> float:
     return max(1e-3, (scene.frames[-1].timestamp_us - scene.frames[0].timestamp_us) / 1e6)
 
 
-def build_teacher(scene: Scene, config: FitConfig, lidar: LidarRays) -> Teacher:
+def build_teacher(scene: Scene, config: FitConfig, lidar: LidarRays,
+                  sky: CameraRays | None = None) -> Teacher:
+    """A fresh teacher: scene box from the LiDAR returns, occupancy carved free along LiDAR
+    rays and along the camera rays in `sky` marked as sky (every 4th of them)."""
     torch.manual_seed(config.seed)
     returns = lidar.origins + lidar.directions * lidar.ranges[:, None]
     box = SceneBox.from_lidar(returns)
     grid = OccupancyGrid(config.sampler, box)
     grid.carve(lidar.origins, lidar.directions, lidar.ranges)
+    if sky is not None and sky.sky.any():
+        grid.carve_to_far(sky.origins[sky.sky][::4], sky.directions[sky.sky][::4])
     # a moving object's cells were carved by rays of other times: keep every return's cell
     grid.mark_occupied(returns)
     dynamic = None
@@ -197,7 +202,7 @@ def start_fit(scene: Scene, frames: list[int], config: FitConfig,
     """A fresh fit of `frames` of `scene` (checked first), at step 0, and its rays."""
     check_scene_for_fit(scene)
     rays = TrainingRays.of(scene, frames, config)
-    teacher = build_teacher(scene, config, rays.lidar)
+    teacher = build_teacher(scene, config, rays.lidar, rays.camera)
     return new_state(teacher), rays
 
 

@@ -33,6 +33,9 @@ class SamplerConfig:
     """Farthest ray distance, metres."""
     carve_margin: float = 0.5
     """Metres short of each LiDAR return where carving stops."""
+    spacing: str = "contracted"
+    """Candidate spacing: "contracted" (linear inside the scene box, by disparity beyond)
+    or "log" (a constant ratio: fine near the camera, where depth errors are relative)."""
 
 
 @dataclass
@@ -46,8 +49,13 @@ class RaySamples:
 
 
 def candidate_edges(config: SamplerConfig, box_radius: float) -> np.ndarray:
-    """(C + 1,) interval edges: uniform in s(t) = t / b below b = box radius, and
-    2 - b / t beyond (linear near, by disparity far), from near to far."""
+    """(C + 1,) interval edges from near to far: "log" spacing, or uniform in s(t) = t / b
+    below b = box radius and 2 - b / t beyond (linear near, by disparity far)."""
+    if config.spacing == "log":
+        return np.geomspace(config.near, config.far, config.candidates + 1)
+    if config.spacing != "contracted":
+        raise ValueError(f"sampler spacing {config.spacing!r}: use 'contracted' or 'log'")
+
     def s(t):
         return np.where(t < box_radius, t / box_radius, 2.0 - box_radius / t)
 
@@ -89,6 +97,27 @@ class OccupancyGrid:
             flat[self.cells(points[free])] = False
         return float(self.occupied.float().mean())
 
+    def carve_to_far(self, origins: np.ndarray, directions: np.ndarray, steps: int = 1024,
+                     chunk: int = 1024) -> float:
+        """Mark free the cells that rays (K) with nothing along them (confirmed sky) cross
+        from `near` to `far`, visiting points evenly spaced in the sampler's s-space (so
+        the far, contracted cells are visited too); returns the fraction left occupied."""
+        flat = self.occupied.view(-1)
+        edges = candidate_edges(SamplerConfig(**{**self.config.__dict__, "candidates": steps}),
+                                self.box_radius)
+        mids = torch.as_tensor((edges[:-1] + edges[1:]) / 2, dtype=torch.float32)
+        for start in range(0, len(origins), chunk):
+            o = torch.as_tensor(origins[start:start + chunk], dtype=torch.float32)
+            d = torch.as_tensor(directions[start:start + chunk], dtype=torch.float32)
+            flat[self.cells(o[:, None, :] + d[:, None, :] * mids[None, :, None])] = False
+        return float(self.occupied.float().mean())
+
+    @property
+    def box_radius(self) -> float:
+        """Half the diagonal of the scene box, metres: where candidate spacing switches from
+        linear to disparity."""
+        return float(np.linalg.norm(np.subtract(self.box.upper, self.box.lower)) / 2)
+
     def mark_occupied(self, points: np.ndarray) -> None:
         """Mark occupied the cells holding points (N, 3) world (e.g. every LiDAR return:
         what something occupied at some time must stay samplable)."""
@@ -97,9 +126,8 @@ class OccupancyGrid:
 
     def sample(self, origins: torch.Tensor, directions: torch.Tensor) -> RaySamples:
         """The first `max_samples` candidate intervals per ray (R) in occupied cells."""
-        box = self.box
-        radius = float(np.linalg.norm(np.subtract(box.upper, box.lower)) / 2)
-        edges = torch.as_tensor(candidate_edges(self.config, radius), dtype=origins.dtype)
+        edges = torch.as_tensor(candidate_edges(self.config, self.box_radius),
+                                dtype=origins.dtype)
         mids = (edges[:-1] + edges[1:]) / 2
         points = origins[:, None, :] + directions[:, None, :] * mids[None, :, None]
         occupied = self.occupied.view(-1)[self.cells(points)]  # (R, C)
