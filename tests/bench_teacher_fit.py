@@ -3,7 +3,9 @@ keyframes, moving vehicles, two keyframes held out) for a set time and print its
 against the generator's exact ground truth, beside a LiDAR-only baseline, with a table of
 how they moved over the fit and a profile of where a step's time goes.
 
-DISTILLPREP_BENCH_FIT_MINUTES sets the fitting time (default 3; the issue's figure: 20).
+DISTILLPREP_BENCH_FIT_MINUTES sets the fitting time (default 3; the issue's figure: 20);
+DISTILLPREP_BENCH_DYNAMIC_MINUTES the time of each fit in the static-vs-dynamic comparison
+on moving cars (default 2).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
 from distillprep.scenes.synthetic.render import render_view as exact_view
-from distillprep.scenes.synthetic.truth import load_ground_truth_depth
+from distillprep.scenes.synthetic.truth import load_ground_truth_depth, moving_object_mask
+from distillprep.teachers.nerf.dynamic import DynamicFieldConfig
 from distillprep.teachers.nerf.evaluate import depth_metrics, lidar_nearest_fill, psnr
 from distillprep.teachers.nerf.fit import FitConfig, start_fit, train, train_step
 from distillprep.teachers.nerf.outputs import RenderConfig, static_density
@@ -142,5 +145,41 @@ def bench_teacher_fit(minutes: float) -> None:
             print(f"  {share * 100:5.1f} %  {name}")
 
 
+def bench_dynamic(minutes: float) -> None:
+    """Static vs dynamic teacher, each fitted for `minutes`, on the moving cars' pixels of
+    the held-out frames (exact masks from the generator's world)."""
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate(Path(tmp) / "nuscenes", "nuscenes",
+                        SynthConfig(scenes=1, frames=10, width=320, height=180, seed=3))
+        scene = read_nuscenes(root).scenes[0]
+        world = load_worlds(root)[scene.scene_id]
+        train_frames, held = holdout_frames(len(scene.frames), 2)
+        results = {}
+        for name, dynamic in (("static", None), ("dynamic", DynamicFieldConfig())):
+            config = FitConfig(steps=10**9, log_every=5, dynamic=dynamic)
+            state, rays = start_fit(scene, train_frames, config)
+            train(state, rays, config.steps,
+                  lambda step, record, teacher: record["seconds"] >= minutes * 60)
+            scores, everything = [], []
+            for f in held:
+                for cam, sample in scene.frames[f].cameras.items():
+                    out = render_image(state.teacher, scene, f, cam)
+                    image = sample.load_image() / 255.0
+                    everything.append(psnr(out["rgb"], image))
+                    mask = moving_object_mask(world, sample.intrinsics, sample.cam_to_world,
+                                              sample_time(scene, sample), sample.width,
+                                              sample.height)
+                    if mask.sum() >= 20:
+                        scores.append(psnr(out["rgb"][mask], image[mask]))
+            results[name] = (float(np.mean(scores)), float(np.mean(everything)), state.step)
+        for name, (moving, whole, steps) in results.items():
+            print(f"teacher.{name}.moving_car_psnr_db: {moving:.2f} (whole images "
+                  f"{whole:.2f}, {steps} steps in {minutes:g} min)")
+        print(f"teacher.dynamic_gain_on_moving_cars_db: "
+              f"{results['dynamic'][0] - results['static'][0]:.2f}")
+
+
 if __name__ == "__main__":
     bench_teacher_fit(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")))
+    bench_dynamic(float(os.environ.get("DISTILLPREP_BENCH_DYNAMIC_MINUTES", "2")))

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from distillprep.teachers.nerf.contraction import SceneBox, _contract_reference, contract
+from distillprep.teachers.nerf.contraction import (
+    SceneBox,
+    _contract_reference,
+    contract,
+    uncontract,
+)
 from distillprep.teachers.nerf.rendering import (
     _render_weights_reference,
     composite,
@@ -54,6 +59,22 @@ def test_scene_box_from_lidar_uses_percentiles():
                                                                     strict=True))
     with pytest.raises(ValueError, match="without LiDAR"):
         SceneBox.from_lidar(np.zeros((0, 3)))
+
+
+def test_uncontract_inverts_contract():
+    rng = np.random.default_rng(1)
+    pts = np.concatenate([rng.uniform(-50, 70, (500, 3)),
+                          rng.normal(size=(500, 3)) * 10.0 ** rng.uniform(1, 4, (500, 1))])
+    back = uncontract(contract(torch.from_numpy(pts), BOX), BOX).numpy()
+    np.testing.assert_allclose(back, pts, rtol=1e-9, atol=1e-9)
+
+
+def test_scene_box_is_raised_to_a_minimum_height():
+    flat = np.array([[0.0, 0.0, 0.0], [80.0, 40.0, 4.0]])
+    box = SceneBox.from_lidar(flat, percentile=0.0)
+    assert box.upper[2] == pytest.approx(20.0)  # 0.25 x the longest side, 80 m
+    tall = SceneBox.from_lidar(flat, percentile=0.0, min_height_ratio=0.01)
+    assert tall.upper[2] == pytest.approx(4.0)
 
 
 def test_weights_match_the_reference():

@@ -60,6 +60,20 @@ def contract(points: torch.Tensor, box: SceneBox) -> torch.Tensor:
     return (torch.where(outside, squeezed, y) + 2.0) / 4.0
 
 
+def uncontract(coords: torch.Tensor, box: SceneBox) -> torch.Tensor:
+    """The inverse of `contract`: contracted coordinates (..., 3) in [0, 1) -> world
+    points (..., 3) (the outer face, 1, is infinitely far and maps to a large finite
+    point)."""
+    lower, upper = box.tensors(coords.device, coords.dtype)
+    y = coords * 4.0 - 2.0
+    n = y.abs().amax(dim=-1, keepdim=True)
+    outside = n > 1.0
+    m = 1.0 / (2.0 - n.clamp(max=2.0 - 1e-6))  # n = 2 - 1 / m
+    safe = torch.where(outside, n, torch.ones_like(n))
+    unsqueezed = torch.where(outside, y / safe * m, y)
+    return (unsqueezed + 1.0) / 2.0 * (upper - lower) + lower
+
+
 def _contract_reference(point: np.ndarray, box: SceneBox) -> np.ndarray:
     """One point (3,), written out plainly (tests only)."""
     lower, upper = np.asarray(box.lower), np.asarray(box.upper)

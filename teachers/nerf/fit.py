@@ -22,7 +22,7 @@ from .dynamic import DynamicField, DynamicFieldConfig, blend, check_compatible, 
 from .field import FieldConfig, StaticField
 from .rays import CameraRays, LidarRays, camera_rays, check_scene_for_fit, lidar_rays
 from .rendering import composite, expected_depth, render_weights
-from .sampler import OccupancyGrid, SamplerConfig
+from .sampler import OccupancyGrid, SamplerConfig, resample
 from .sky import SkyMaskConfig
 
 
@@ -77,6 +77,17 @@ class Teacher:
         return list(self.field.parameters()) + (
             list(self.dynamic.parameters()) if self.dynamic is not None else [])
 
+    @torch.no_grad()
+    def density_any_time(self, points: torch.Tensor) -> torch.Tensor:
+        """Density (P,) at world points (P, 3): static, plus the dynamic field's highest
+        at five times across the scene (what the occupancy grid must keep)."""
+        sigma = self.field.density(points)[0]
+        if self.dynamic is not None:
+            sigma = sigma + torch.stack([
+                self.dynamic.density(points, torch.full((len(points),), t))[0]
+                for t in (0.0, 0.25, 0.5, 0.75, 1.0)]).amax(dim=0)
+        return sigma
+
 
 WEIGHT_EPSILON = 1e-4
 """Samples whose rendering weight is below this skip the colour head: their colour cannot
@@ -90,6 +101,8 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
     camera ids (R,) at times (R,) seconds since the scene's first frame (needed with a
     dynamic field); with one, also `dynamic_sigma` (P,) of the samples taken."""
     samples = teacher.grid.sample(origins, directions)
+    if teacher.config.sampler.fine_samples:
+        samples = _fine_samples(teacher, samples, origins, directions, times)
     valid = samples.valid
     mids = (samples.t_start + samples.t_end) / 2
     ray_of, slot = valid.nonzero(as_tuple=True)  # the P valid samples
@@ -123,6 +136,24 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
         "distance": expected_depth(weights, samples.t_start, samples.t_end, normalize=True),
         **out,
     }
+
+
+@torch.no_grad()
+def _fine_samples(teacher: Teacher, samples, origins, directions, times):
+    """Hierarchical sampling: the field's own density on the occupied candidates, without
+    gradients, decides where the samples that are rendered (and trained) go."""
+    ray_of, slot = samples.valid.nonzero(as_tuple=True)
+    mids = (samples.t_start + samples.t_end) / 2
+    points = origins[ray_of] + directions[ray_of] * mids[ray_of, slot, None]
+    sigma = torch.zeros(samples.valid.shape, dtype=origins.dtype)
+    if len(ray_of):
+        s = teacher.field.density(points)[0]
+        if teacher.dynamic is not None and times is not None:
+            s = s + teacher.dynamic.density(points, times[ray_of] / teacher.duration_s)[0]
+        sigma = sigma.index_put((ray_of, slot), s)
+    weights = render_weights(sigma, samples.t_start, samples.t_end)
+    sampler = teacher.config.sampler
+    return resample(samples, weights, sampler.fine_samples, sampler.uniform_mix)
 
 
 def scene_duration(scene: Scene) -> float:
@@ -173,6 +204,11 @@ class TrainingRays:
         t["cam_id"] = torch.as_tensor(cams.camera_index)
         t["sky"] = torch.as_tensor(cams.sky)
         return TrainingRays(cams, lidar, t)
+
+    @property
+    def lidar_returns(self) -> np.ndarray:
+        """(K, 3) world points the LiDAR hit."""
+        return self.lidar.origins + self.lidar.directions * self.lidar.ranges[:, None]
 
 
 @dataclass
@@ -245,6 +281,11 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     loss.backward()
     state.optimizer.step()
     state.step += 1
+    sampler = config.sampler
+    if (sampler.prune_every and state.step >= sampler.prune_after
+            and state.step % sampler.prune_every == 0):
+        teacher.grid.prune(teacher.density_any_time, seed=state.step)
+        teacher.grid.mark_occupied(rays.lidar_returns)
     return {"loss": loss.detach(), "rgb_loss": rgb_loss.detach(),
             "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach(),
             "dynamic_loss": dynamic_loss.detach()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .contraction import SceneBox, contract
+from .contraction import SceneBox, contract, uncontract
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,18 @@ class SamplerConfig:
     """Farthest ray distance, metres."""
     carve_margin: float = 0.5
     """Metres short of each LiDAR return where carving stops."""
+    prune_every: int = 100
+    """Steps between prunings of the grid by the field's own density (0: never)."""
+    prune_after: int = 200
+    """First step that prunes (before it the field is still mostly noise)."""
+    prune_density: float = 0.01
+    """Cells whose density (1/m) at a random point stays below this are marked free."""
+    fine_samples: int = 0
+    """Samples per ray re-drawn where a first, gradient-free pass through the occupied
+    candidates put the weight (hierarchical sampling with the field as its own proposal;
+    0: render the occupied candidates directly)."""
+    uniform_mix: float = 0.05
+    """Share of the fine samples spread over the occupied candidates regardless of weight."""
     spacing: str = "contracted"
     """Candidate spacing: "contracted" (linear inside the scene box, by disparity beyond)
     or "log" (a constant ratio: fine near the camera, where depth errors are relative)."""
@@ -46,6 +58,41 @@ class RaySamples:
     """(R, K) interval ends."""
     valid: torch.Tensor
     """(R, K) bool: a real sample (False: padding, density treated as 0)."""
+
+
+def resample(samples: RaySamples, weights: torch.Tensor, count: int, uniform_mix: float,
+             jitter: torch.Generator | None = None) -> RaySamples:
+    """`count` intervals per ray (R) drawn where `weights` (R, K) of `samples` lie.
+
+    Each valid interval k gets probability p_k = (1 - m) w_k / sum w + m len_k / sum len
+    (m = uniform_mix); the fine samples sit at the quantiles (j + 1/2) / count of that
+    piecewise-uniform distribution (shifted by one random offset per ray with `jitter`),
+    each with the width its interval's share implies, len_k / (count p_k), so that the
+    fine intervals tile each coarse interval they fall in and never bridge a gap between
+    two of them (clipped to the coarse interval). Rays without valid samples get none.
+    """
+    valid = samples.valid
+    length = (samples.t_end - samples.t_start) * valid
+    w = weights.detach().clamp_min(0.0) * valid
+    w_sum = w.sum(dim=-1, keepdim=True)
+    len_sum = length.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    p = torch.where(w_sum > 1e-8, (1.0 - uniform_mix) * w / w_sum.clamp_min(1e-12)
+                    + uniform_mix * length / len_sum, length / len_sum)
+    cdf = torch.cumsum(p, dim=-1)
+    cdf = cdf / cdf[:, -1:].clamp_min(1e-12)
+    offset = (torch.rand(len(p), 1, generator=jitter) if jitter is not None
+              else torch.full((len(p), 1), 0.5))
+    u = ((torch.arange(count, dtype=p.dtype) + offset) / count).clamp(1e-6, 1.0 - 1e-6)
+    k = torch.searchsorted(cdf, u).clamp(max=p.shape[1] - 1)
+    before = torch.where(k > 0, torch.gather(cdf, 1, (k - 1).clamp_min(0)), 0.0)
+    pk = torch.gather(p, 1, k).clamp_min(1e-12)
+    start, end = torch.gather(samples.t_start, 1, k), torch.gather(samples.t_end, 1, k)
+    t = start + (u - before) / pk * (end - start)
+    half = ((end - start) / (count * pk)).clamp(max=end - start) / 2
+    fine_start = torch.maximum(t - half, start)
+    fine_end = torch.minimum(t + half, end)
+    has = valid.any(dim=-1, keepdim=True).expand(-1, count)
+    return RaySamples(fine_start, fine_end, has.clone())
 
 
 def candidate_edges(config: SamplerConfig, box_radius: float) -> np.ndarray:
@@ -117,6 +164,24 @@ class OccupancyGrid:
         """Half the diagonal of the scene box, metres: where candidate spacing switches from
         linear to disparity."""
         return float(np.linalg.norm(np.subtract(self.box.upper, self.box.lower)) / 2)
+
+    @torch.no_grad()
+    def prune(self, density_fn, chunk: int = 1 << 18, seed: int = 0) -> float:
+        """Mark free the occupied cells where density_fn(points (P, 3) world) -> (P,) is
+        below `prune_density` at a random point of the cell; returns the fraction left
+        occupied. (Cells are never re-occupied: callers re-mark what must stay, such as
+        LiDAR returns.)"""
+        flat = self.occupied.view(-1)
+        cells = flat.nonzero().squeeze(1)
+        r = self.config.grid_resolution
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, len(cells), chunk):
+            c = cells[start:start + chunk]
+            ijk = torch.stack([c // (r * r), (c // r) % r, c % r], dim=-1).float()
+            coords = (ijk + torch.rand(ijk.shape, generator=generator)) / r
+            sigma = density_fn(uncontract(coords.clamp(max=1.0 - 1e-6), self.box))
+            flat[c[sigma < self.config.prune_density]] = False
+        return float(self.occupied.float().mean())
 
     def mark_occupied(self, points: np.ndarray) -> None:
         """Mark occupied the cells holding points (N, 3) world (e.g. every LiDAR return:
