@@ -52,6 +52,11 @@ class FitConfig:
     rays; 0: off)."""
     sky: SkyMaskConfig = field(default_factory=SkyMaskConfig)
     """Which camera rays count as sky."""
+    line_of_sight_weight: float = 0.1
+    """Weight of the LiDAR line-of-sight loss: rendering weight of a LiDAR ray farther
+    than `line_of_sight_margin` from its return (EmerNeRF: 0.1; 0: off)."""
+    line_of_sight_margin: float = 1.0
+    """Metres around a LiDAR return where its ray's weight belongs."""
     pixel_stride: int = 1
     """Train on every n-th pixel in both axes (1: all)."""
     seed: int = 0
@@ -104,7 +109,7 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
     if teacher.config.sampler.fine_samples:
         samples = _fine_samples(teacher, samples, origins, directions, times)
     valid = samples.valid
-    mids = (samples.t_start + samples.t_end) / 2
+    mids = (samples.t_start + samples.t_end) / 2  # (R, S)
     ray_of, slot = valid.nonzero(as_tuple=True)  # the P valid samples
     points = origins[ray_of] + directions[ray_of] * mids[ray_of, slot, None]
     field_, dynamic = teacher.field, teacher.dynamic
@@ -134,6 +139,8 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
         "rgb": composite(weights, colors, field_.sky(rays)),
         "opacity": weights.sum(dim=-1),
         "distance": expected_depth(weights, samples.t_start, samples.t_end, normalize=True),
+        "weights": weights,
+        "t_mid": mids,
         **out,
     }
 
@@ -262,13 +269,17 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
         if sky.any():  # BCE against opacity 0: -log(1 - opacity)
             sky_loss = -torch.log1p(-out["opacity"][sky].clamp(max=1.0 - 1e-6)).mean()
             loss = loss + config.sky_weight * sky_loss
-    depth_loss = torch.zeros(())
+    depth_loss = sight_loss = torch.zeros(())
     if config.lidar_rays:
         pick = torch.as_tensor(state.rng.integers(0, len(t["range"]), config.lidar_rays))
         lid = render_rays(teacher, t["lid_o"][pick], t["lid_d"][pick],
                           torch.zeros(len(pick), dtype=torch.long), t["lid_t"][pick])
         depth_loss = (((lid["distance"] - t["range"][pick]) / 80.0) ** 2).mean()
         loss = loss + config.depth_weight * depth_loss
+        if config.line_of_sight_weight > 0:  # empty before the return, nothing behind it
+            stray = (lid["t_mid"] - t["range"][pick, None]).abs() > config.line_of_sight_margin
+            sight_loss = (lid["weights"] * stray).sum(dim=-1).mean()
+            loss = loss + config.line_of_sight_weight * sight_loss
     dynamic_loss = torch.zeros(())
     if teacher.dynamic is not None:
         dynamic_loss = sparsity_loss(torch.cat([out.get("dynamic_sigma", torch.zeros(0)),
@@ -288,7 +299,7 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
         teacher.grid.mark_occupied(rays.lidar_returns)
     return {"loss": loss.detach(), "rgb_loss": rgb_loss.detach(),
             "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach(),
-            "dynamic_loss": dynamic_loss.detach()}
+            "dynamic_loss": dynamic_loss.detach(), "sight_loss": sight_loss.detach()}
 
 
 def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -> FitState:
@@ -306,6 +317,7 @@ def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -
                       "depth_loss": losses["depth_loss"].item(),
                       "sky_loss": losses["sky_loss"].item(),
                       "dynamic_loss": losses["dynamic_loss"].item(),
+                      "sight_loss": losses["sight_loss"].item(),
                       "seconds": state.wall_time_s}
             state.teacher.history.append(record)
             if callback is not None and callback(state.step, record, state.teacher):
