@@ -20,7 +20,7 @@ import torch
 
 from distillprep.scenes.model import Scene
 
-from .config_io import from_dict, identity_hash, to_dict
+from .config_io import RUN_LENGTH_FIELDS, from_dict, identity_hash, to_dict
 from .contraction import SceneBox
 from .dynamic import DynamicField
 from .field import StaticField
@@ -152,7 +152,8 @@ def check_matches(checkpoint: Checkpoint, scene: Scene, config: FitConfig | None
     if config is not None and identity_hash(config) != identity_hash(
             checkpoint.state.teacher.config):
         ours, theirs = to_dict(config), to_dict(checkpoint.state.teacher.config)
-        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k)
+                         and k not in RUN_LENGTH_FIELDS)
         raise CheckpointError(f"{where} was fitted with another config (differs in "
                               f"{changed}); refit, or drop --config to use the checkpoint's")
 
