@@ -39,7 +39,8 @@ demo: $(STAMP)
 		--store $(DEMO_OUT)/store.zarr --scale 0.5
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
 	$(BIN)/distillprep inspect $(DEMO_OUT)/store.zarr --png $(DEMO_OUT)/store_previews
-	$(BIN)/distillprep export distillnerf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/distillnerf
+	$(BIN)/distillprep export distillnerf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/distillnerf \
+		--scene scene-0001
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
