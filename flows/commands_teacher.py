@@ -56,10 +56,9 @@ def add_teacher(sub) -> None:
 def _device(name: str) -> None:
     import torch
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device on this machine")
     if name == "cuda":
-        raise ValueError("--device cuda: the teacher runs on the CPU only in this version")
+        seen = "" if torch.cuda.is_available() else " (and torch sees no CUDA device here)"
+        raise ValueError(f"--device cuda: the teacher runs on the CPU only in this version{seen}")
 
 
 def run_fit(args) -> int:

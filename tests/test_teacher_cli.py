@@ -41,7 +41,6 @@ def _fit(dataset, ckpt, config, *extra):
 
 def test_fit_render_store_validate(small_dataset, tiny_config, tmp_path, capsys):
     torch.set_num_threads(2)
-    start = time.perf_counter()
     ckpt, store_path = tmp_path / "teacher.pt", tmp_path / "store.zarr"
     assert _fit(small_dataset, ckpt, tiny_config, "--steps", "300") == 0
     fitted = json.loads(capsys.readouterr().out)
@@ -82,7 +81,6 @@ def test_fit_render_store_validate(small_dataset, tiny_config, tmp_path, capsys)
     assert all(manifest.column("has_teacher_depth").to_pylist())
     scores = manifest.column("teacher_psnr").to_pylist()
     assert all(s is not None and s > 14.0 for s in scores), scores
-    assert time.perf_counter() - start < 60
 
 
 def test_resume_equals_an_uninterrupted_fit(small_dataset, tiny_config, tmp_path, capsys):
