@@ -113,14 +113,16 @@ def infer_dims(shapes: dict[str, tuple[int, ...]],
                ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Dimension sizes implied by the shapes of named arrays (name -> shape), and the
     conflicts found (an array whose rank differs from its spec, or a letter two arrays
-    give different sizes) as (array name, message) pairs."""
+    give different sizes) as (array name, message) pairs. Arrays are taken in schema
+    order, whatever the order of `shapes`, so the messages do not depend on how a
+    directory listing happened to come back."""
     dims: dict[str, int] = {}
     source: dict[str, str] = {}
     problems = []
-    for name, shape in shapes.items():
-        spec = ARRAYS.get(name)
-        if spec is None:
+    for name, spec in ARRAYS.items():
+        if name not in shapes:
             continue
+        shape = shapes[name]
         if len(shape) != len(spec.shape):
             problems.append((name, f"array {name}: rank {len(shape)}, the schema says "
                                    f"{len(spec.shape)} ({'x'.join(map(str, spec.shape))})"))

@@ -92,3 +92,15 @@ def test_validator_checks_virtual_view_values(store_copy):
     found = {(f.rule, f.array) for f in validate_store(store_copy).errors}
     assert found == {("value-range", "virtual_source_sample"),
                      ("pose-orthonormal", "virtual_cam_to_world")}
+
+
+def test_infer_dims_reports_conflicts_in_schema_order_whatever_the_input_order():
+    from distillprep.storage_schemas.spec import infer_dims
+
+    shapes = {"rgb_jpeg": (18, 100), "lidar_depth": (18, 9, 16), "teacher_depth": (19, 9, 16)}
+    forward = infer_dims(shapes)
+    backward = infer_dims(dict(reversed(shapes.items())))
+    assert forward == backward
+    assert forward[0] == {"N": 18, "J": 100, "H": 9, "W": 16, "Ht": 9, "Wt": 16}
+    assert forward[1] == [("teacher_depth", "array teacher_depth: N = 19, but array "
+                                            "rgb_jpeg has N = 18")]
