@@ -31,7 +31,10 @@ def add_teacher(sub) -> None:
                    help="teacher config, JSON or TOML (fields of FitConfig; omitted ones "
                    "keep their defaults)")
     f.add_argument("--holdout", type=int, default=2,
-                   help="frames held out of the fit to measure the teacher (0: none)")
+                   help="keyframes held out of the fit to measure the teacher (0: none)")
+    f.add_argument("--keyframes-only", action="store_true",
+                   help="fit on keyframes alone (default: keyframes and every camera and "
+                   "LiDAR sweep between them, as EmerNeRF does)")
     f.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="STEPS")
     f.add_argument("--json", action="store_true")
     f.set_defaults(run=run_fit)
@@ -82,20 +85,25 @@ def run_fit(args) -> int:
     from distillprep.teachers.nerf.rays import holdout_frames
 
     _device(args.device)
-    read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
-                        scenes=[args.scene])
-    scene = read.scenes[0]
     config = load_config_file(FitConfig, args.config) if args.config else None
-    check_scene_for_fit(scene)
     resumed = args.out.exists()
-    if resumed:
-        checkpoint = load_checkpoint(args.out)
+    checkpoint = load_checkpoint(args.out) if resumed else None
+    sweeps = not args.keyframes_only
+    if checkpoint is not None and checkpoint.source.get("sweeps", False) != sweeps:
+        fitted = "with" if checkpoint.source.get("sweeps", False) else "without"
+        raise ValueError(f"checkpoint {args.out} was fitted {fitted} sweep frames; resume it "
+                         f"{'without' if fitted == 'with' else 'with'} --keyframes-only")
+    read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
+                        scenes=[args.scene], sweeps=sweeps)
+    scene = read.scenes[0]
+    check_scene_for_fit(scene)
+    if checkpoint is not None:
         check_matches(checkpoint, scene, config)
         state, frames = checkpoint.state, checkpoint.frames
         config = state.teacher.config
     else:
         config = config or FitConfig()
-        frames = holdout_frames(len(scene.frames), args.holdout)[0] if args.holdout else list(
+        frames = holdout_frames(scene, args.holdout)[0] if args.holdout else list(
             range(len(scene.frames)))
     steps = args.steps if args.steps is not None else config.steps
     config = dataclasses.replace(config, steps=steps, log_every=min(config.log_every, 10))
@@ -105,7 +113,7 @@ def run_fit(args) -> int:
         state, rays = start_fit(scene, frames, config)
     state.teacher.config = config
     source = {"dataset": args.dataset, "dataroot": str(args.dataroot.resolve()),
-              "version": read.version}
+              "version": read.version, "sweeps": sweeps}
     saved = {"step": state.step if resumed else None}
 
     def save():
@@ -172,10 +180,15 @@ def run_render(args) -> int:
         raise ValueError(f"checkpoint {args.checkpoint} does not say where its dataset is: "
                          "pass --dataroot")
     read = read_dataset(source.get("dataset", "nuscenes"), str(dataroot),
-                        version=source.get("version"), scenes=[checkpoint.scene_id])
-    scene = read.scenes[0]
+                        version=source.get("version"), scenes=[checkpoint.scene_id],
+                        sweeps=bool(source.get("sweeps", False)))
+    fitted_on = read.scenes[0]
     expected = load_config_file(FitConfig, args.config) if args.config else None
-    check_matches(checkpoint, scene, expected)
+    check_matches(checkpoint, fitted_on, expected)
+    # the store holds keyframes: render those; a keyframe the fit did not see is held out
+    scene = fitted_on.keyframes_only()
+    fitted_times = {fitted_on.frames[i].timestamp_us for i in checkpoint.frames}
+    fitted_keyframes = [f.index for f in scene.frames if f.timestamp_us in fitted_times]
     render_config = (load_config_file(RenderConfig, args.render_config)
                      if args.render_config else RenderConfig())
     if args.scale is not None:
@@ -192,7 +205,7 @@ def run_render(args) -> int:
                                     "sweeps": False})
     _check_store_scene(store, scene)
     teacher = checkpoint.state.teacher
-    outputs = render_outputs(teacher, scene, checkpoint.frames, render_config,
+    outputs = render_outputs(teacher, scene, fitted_keyframes, render_config,
                              progress=None if args.json else lambda it: tqdm(
                                  it, unit="image", file=sys.stderr))
     config = {"fit": to_dict(teacher.config), "render": to_dict(render_config)}
@@ -204,7 +217,8 @@ def run_render(args) -> int:
         extra={"backend": checkpoint.backend, "steps": checkpoint.state.step,
                "fit_wall_time_s": round(checkpoint.state.wall_time_s, 1),
                "final_losses": {k: history.get(k) for k in ("rgb_loss", "depth_loss")},
-               "fitted_frames": checkpoint.frames,
+               "fitted_frames": fitted_keyframes,
+               "fitted_sweep_frames": len(checkpoint.frames) - len(fitted_keyframes),
                "checkpoint_sha256": hashlib.sha256(args.checkpoint.read_bytes()).hexdigest(),
                **outputs.figures})
     store.replace_stage(scene.scene_id, record, outputs.arrays, outputs.columns)

@@ -19,6 +19,7 @@ references, and `CameraSample.load_image()` / `LidarSweep.load()` read the files
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -161,6 +162,13 @@ class Scene:
 
     def __post_init__(self) -> None:
         validate_scene_id(self.scene_id)
+
+    def keyframes_only(self) -> Scene:
+        """The scene without its sweep frames, keyframes renumbered from 0 (what a reader
+        returns without sweeps)."""
+        keys = [f for f in self.frames if f.is_keyframe]
+        return dataclasses.replace(self, frames=tuple(
+            dataclasses.replace(f, index=i) for i, f in enumerate(keys)))
 
     @property
     def camera_samples(self) -> list[CameraSample]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from bench_store import bench_store
 from bench_teacher import bench_hash_grid
-from bench_teacher_fit import bench_dynamic, bench_teacher_fit
+from bench_teacher_fit import bench_teacher
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes
@@ -95,8 +95,8 @@ def main() -> None:
         bench_reader(root)
         bench_store(root)
     # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
-    bench_teacher_fit(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")))
-    bench_dynamic(float(os.environ.get("DISTILLPREP_BENCH_DYNAMIC_MINUTES", "2")))
+    bench_teacher(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")),
+                  float(os.environ.get("DISTILLPREP_BENCH_DYNAMIC_MINUTES", "2")))
 
 
 if __name__ == "__main__":

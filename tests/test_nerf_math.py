@@ -11,8 +11,10 @@ from distillprep.teachers.nerf.contraction import (
     uncontract,
 )
 from distillprep.teachers.nerf.rendering import (
+    _distortion_loss_reference,
     _render_weights_reference,
     composite,
+    distortion_loss,
     expected_depth,
     render_weights,
 )
@@ -115,3 +117,36 @@ def test_weights_gradient_matches_autograd_of_the_product_form():
                                     dim=1), dim=1)
     (trans * alpha).pow(2).sum().backward()
     np.testing.assert_allclose(fast.numpy(), sigma.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def _sorted_intervals(rng, rays, samples):
+    edges = np.sort(rng.uniform(0.5, 300.0, (rays, samples + 1)), axis=1)
+    return edges[:, :-1], edges[:, 1:]
+
+
+def test_distortion_loss_matches_the_pairwise_sum_in_values_and_gradients():
+    rng = np.random.default_rng(4)
+    t0, t1 = _sorted_intervals(rng, 6, 9)
+    w = rng.uniform(0, 0.3, (6, 9))
+    w[:, -2:] = 0.0  # empty slots, as the occupancy sampler leaves them
+    weights = torch.tensor(w, requires_grad=True)
+    got = distortion_loss(weights, torch.from_numpy(t0), torch.from_numpy(t1), 20.0)
+    np.testing.assert_allclose(got.detach().numpy(),
+                               _distortion_loss_reference(w, t0, t1, 20.0), rtol=1e-10)
+    got.sum().backward()
+    numeric = np.zeros_like(w)
+    for r, i in np.ndindex(*w.shape):
+        bumped = [w.copy(), w.copy()]
+        bumped[0][r, i] += 1e-6
+        bumped[1][r, i] -= 1e-6
+        numeric[r, i] = (_distortion_loss_reference(bumped[0], t0, t1, 20.0)[r]
+                         - _distortion_loss_reference(bumped[1], t0, t1, 20.0)[r]) / 2e-6
+    np.testing.assert_allclose(weights.grad.numpy(), numeric, rtol=1e-5, atol=1e-9)
+
+
+def test_distortion_loss_prefers_one_surface_to_a_floater():
+    t0 = torch.tensor([[5.0, 10.0, 30.0]])
+    t1 = t0 + 0.5
+    surface = torch.tensor([[0.0, 0.0, 1.0]])
+    floater = torch.tensor([[0.3, 0.0, 0.7]])
+    assert distortion_loss(floater, t0, t1, 20.0) > 10 * distortion_loss(surface, t0, t1, 20.0)

@@ -42,9 +42,10 @@ def _fit(dataset, ckpt, config, *extra):
 def test_fit_render_store_validate(small_dataset, tiny_config, tmp_path, capsys):
     torch.set_num_threads(2)
     ckpt, store_path = tmp_path / "teacher.pt", tmp_path / "store.zarr"
-    assert _fit(small_dataset, ckpt, tiny_config, "--steps", "300") == 0
+    # 450 steps: the fit spreads them over the 2 sweep frames as well as the 3 keyframes
+    assert _fit(small_dataset, ckpt, tiny_config, "--steps", "450") == 0
     fitted = json.loads(capsys.readouterr().out)
-    assert fitted["step"] == 300 and not fitted["resumed"]
+    assert fitted["step"] == 450 and not fitted["resumed"]
     render_config = tmp_path / "render.json"
     render_config.write_text(json.dumps({"scale": 0.5, "virtual": {"resolution_scale": 0.5}}))
     assert main(["teacher", "render", str(ckpt), "--store", str(store_path),
@@ -64,7 +65,11 @@ def test_fit_render_store_validate(small_dataset, tiny_config, tmp_path, capsys)
     counts = rendered["virtual_views"]
     assert views == counts["kept"] + counts["moved"] == 3 * n - counts["dropped"]
     record = attrs.stages["teacher"]
-    assert record.extra["steps"] == 300 and record.extra["backend"] in ("torch", "cpp")
+    assert record.extra["steps"] == 450 and record.extra["backend"] in ("torch", "cpp")
+    # fitted on the 3 keyframes and the sweep frame between each two; rendered for the
+    # keyframes the store holds
+    assert record.extra["fitted_frames"] == [0, 1, 2]
+    assert record.extra["fitted_sweep_frames"] == 2
     assert record.config["fit"]["camera_rays"] == TINY.camera_rays
     # the teacher's dense depth agrees with the scene's LiDAR where LiDAR landed, at the
     # half-resolution pixel covering each return (not a shape check: values)
@@ -141,6 +146,10 @@ def test_checkpoints_of_another_scene_or_config_are_refused(small_dataset, tiny_
     # a resumed fit with another config is refused the same way
     assert _fit(small_dataset, ckpt, changed, "--steps", "4") == 1
     assert "another config" in capsys.readouterr().err
+    # and so is one that would change the frames it fits
+    assert _fit(small_dataset, ckpt, tiny_config, "--steps", "4", "--keyframes-only") == 1
+    assert "fitted with sweep frames; resume it without --keyframes-only" in (
+        capsys.readouterr().err)
     assert not (tmp_path / "s.zarr").exists()
 
 

@@ -1,5 +1,6 @@
 """Training rays from a scene: geometry against exact depth, LiDAR ranges, bad input."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -50,11 +51,29 @@ def test_lidar_rays_end_at_the_returns(scene):
     assert rays.time_s.min() == 0.0 and rays.time_s.max() == pytest.approx(1.0, abs=0.01)
 
 
-def test_holdout_frames_sit_between_training_frames():
-    train, held = holdout_frames(10, 2)
+def _with_keyframes(scene, flags):
+    """`scene` with len(flags) frames (its own, repeated), keyframe where flags say so."""
+    frames = [dataclasses.replace(scene.frames[i % len(scene.frames)], index=i, is_keyframe=k)
+              for i, k in enumerate(flags)]
+    return dataclasses.replace(scene, frames=tuple(frames))
+
+
+def test_holdout_frames_sit_between_training_frames(scene):
+    train, held = holdout_frames(_with_keyframes(scene, [True] * 10), 2)
     assert held == [3, 6] and sorted(train + held) == list(range(10))
-    with pytest.raises(ValueError, match="fewer than 3"):
-        holdout_frames(4, 2)
+    with pytest.raises(ValueError, match="scene-0001.*4 keyframes leave fewer than 3"):
+        holdout_frames(_with_keyframes(scene, [True] * 4), 2)
+
+
+def test_holdout_frames_hold_out_keyframes_and_train_on_the_sweeps_around_them(scene):
+    flags = [i % 3 == 0 for i in range(30)]  # keyframes 0, 3, ..., 27 and two sweeps after each
+    swept = _with_keyframes(scene, flags)
+    train, held = holdout_frames(swept, 2)
+    assert held == [9, 18] and sorted(train + held) == list(range(30))
+    keys = swept.keyframes_only()
+    assert [f.index for f in keys.frames] == list(range(10))
+    assert [f.timestamp_us for f in keys.frames] == [swept.frames[i].timestamp_us
+                                                     for i in range(0, 30, 3)]
 
 
 def test_fit_input_checks(scene, small_dataset, tmp_path):

@@ -21,7 +21,7 @@ from .contraction import SceneBox
 from .dynamic import DynamicField, DynamicFieldConfig, blend, check_compatible, sparsity_loss
 from .field import FieldConfig, StaticField
 from .rays import CameraRays, LidarRays, camera_rays, check_scene_for_fit, lidar_rays
-from .rendering import composite, expected_depth, render_weights
+from .rendering import composite, distortion_loss, expected_depth, render_weights
 from .sampler import OccupancyGrid, SamplerConfig, resample
 from .sky import SkyMaskConfig
 
@@ -57,6 +57,10 @@ class FitConfig:
     than `line_of_sight_margin` from its return (EmerNeRF: 0.1; 0: off)."""
     line_of_sight_margin: float = 1.0
     """Metres around a LiDAR return where its ray's weight belongs."""
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss on camera rays (nerfacto: 0.002; 0: off)."""
+    distortion_scale_m: float = 20.0
+    """Metres at which the distortion loss's normalized distance t / (t + scale) is 1/2."""
     pixel_stride: int = 1
     """Train on every n-th pixel in both axes (1: all)."""
     seed: int = 0
@@ -136,11 +140,13 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
             _, rgb = blend(s[seen], rgb, s_d[seen], field_.color(feats_d[seen], seen_rays))
         colors = colors.index_put((ray_of[seen], slot[seen]), rgb)
     return {
-        "rgb": composite(weights, colors, field_.sky(rays)),
+        "rgb": composite(weights, colors, field_.sky(directions, rays)),
         "opacity": weights.sum(dim=-1),
         "distance": expected_depth(weights, samples.t_start, samples.t_end, normalize=True),
         "weights": weights,
         "t_mid": mids,
+        "t_start": samples.t_start,
+        "t_end": samples.t_end,
         **out,
     }
 
@@ -250,8 +256,9 @@ def start_fit(scene: Scene, frames: list[int], config: FitConfig,
 
 
 def new_state(teacher: Teacher) -> FitState:
-    optimizer = torch.optim.Adam(teacher.parameters(),
-                                 lr=teacher.config.learning_rate, eps=1e-15)
+    # fused: one pass over each parameter per step (1.4x faster steps here than foreach)
+    optimizer = torch.optim.Adam(teacher.parameters(), lr=teacher.config.learning_rate,
+                                 eps=1e-15, fused=True)
     return FitState(teacher, optimizer, np.random.default_rng(teacher.config.seed))
 
 
@@ -263,6 +270,11 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
                       t["cam_t"][pick])
     rgb_loss = ((out["rgb"] - t["rgb"][pick]) ** 2).mean()
     loss = rgb_loss
+    distortion = torch.zeros(())
+    if config.distortion_weight > 0:
+        distortion = distortion_loss(out["weights"], out["t_start"], out["t_end"],
+                                     config.distortion_scale_m).mean()
+        loss = loss + config.distortion_weight * distortion
     sky_loss = torch.zeros(())
     if config.sky_weight > 0:
         sky = t["sky"][pick]
@@ -299,7 +311,8 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
         teacher.grid.mark_occupied(rays.lidar_returns)
     return {"loss": loss.detach(), "rgb_loss": rgb_loss.detach(),
             "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach(),
-            "dynamic_loss": dynamic_loss.detach(), "sight_loss": sight_loss.detach()}
+            "dynamic_loss": dynamic_loss.detach(), "sight_loss": sight_loss.detach(),
+            "distortion_loss": distortion.detach()}
 
 
 def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -> FitState:
@@ -318,6 +331,7 @@ def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -
                       "sky_loss": losses["sky_loss"].item(),
                       "dynamic_loss": losses["dynamic_loss"].item(),
                       "sight_loss": losses["sight_loss"].item(),
+                      "distortion_loss": losses["distortion_loss"].item(),
                       "seconds": state.wall_time_s}
             state.teacher.history.append(record)
             if callback is not None and callback(state.step, record, state.teacher):

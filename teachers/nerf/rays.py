@@ -59,14 +59,18 @@ class LidarRays:
     """(K,) float64 seconds since the scene's first frame."""
 
 
-def holdout_frames(num_frames: int, count: int = 2) -> tuple[list[int], list[int]]:
-    """(train, held out): `count` frames spread evenly over the scene's interior, never
-    the first or last (a held-out frame is then always between training frames)."""
-    if num_frames < MIN_FRAMES + count:
-        raise ValueError(f"{num_frames} frames leave fewer than {MIN_FRAMES} to train on "
-                         f"after holding out {count}")
-    held = sorted({int(round(x)) for x in np.linspace(0, num_frames - 1, count + 2)[1:-1]})
-    return [f for f in range(num_frames) if f not in held], held
+def holdout_frames(scene: Scene, count: int = 2) -> tuple[list[int], list[int]]:
+    """(train, held out) frame indices: `count` keyframes spread evenly over the scene's
+    interior keyframes, never the first or last (a held-out frame is then always between
+    training frames); every other frame, sweep frames included, trains (EmerNeRF's
+    protocol: a held-out image's neighbours in time stay in the fit)."""
+    keys = [f.index for f in scene.frames if f.is_keyframe]
+    if len(keys) < MIN_FRAMES + count:
+        raise ValueError(f"scene {scene.scene_id!r}: {len(keys)} keyframes leave fewer than "
+                         f"{MIN_FRAMES} to train on after holding out {count}")
+    picks = {int(round(x)) for x in np.linspace(0, len(keys) - 1, count + 2)[1:-1]}
+    held = sorted(keys[i] for i in picks)
+    return [f.index for f in scene.frames if f.index not in held], held
 
 
 def check_scene_for_fit(scene: Scene, min_frames: int = MIN_FRAMES) -> None:
