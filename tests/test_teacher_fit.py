@@ -62,3 +62,18 @@ def test_nan_loss_stops_the_fit_naming_the_step(small_dataset, monkeypatch):
     scene = read_nuscenes(small_dataset, scenes=["scene-0001"]).scenes[0]
     with pytest.raises(FloatingPointError, match="at step 2"):
         fit(scene, [0, 1, 2], FitConfig(**{**TINY.__dict__, "steps": 5}))
+
+
+def test_distortion_loss_enters_the_step_and_pulls_weight_together(small_dataset):
+    from distillprep.teachers.nerf.fit import start_fit, train_step
+
+    torch.set_num_threads(2)
+    scene = read_nuscenes(small_dataset, scenes=["scene-0001"]).scenes[0]
+    config = FitConfig(**{**TINY.__dict__, "distortion_weight": 0.5})
+    state, rays = start_fit(scene, [0, 1, 2], config)
+    first = train_step(state, rays)
+    assert first["distortion_loss"] > 0
+    assert first["loss"] > first["rgb_loss"] + 0.5 * first["distortion_loss"] - 1e-6
+    for _ in range(60):
+        last = train_step(state, rays)
+    assert last["distortion_loss"] < first["distortion_loss"]
