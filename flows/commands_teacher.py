@@ -89,10 +89,11 @@ def run_fit(args) -> int:
     resumed = args.out.exists()
     checkpoint = load_checkpoint(args.out) if resumed else None
     sweeps = not args.keyframes_only
-    if checkpoint is not None and checkpoint.source.get("sweeps", False) != sweeps:
-        fitted = "with" if checkpoint.source.get("sweeps", False) else "without"
-        raise ValueError(f"checkpoint {args.out} was fitted {fitted} sweep frames; resume it "
-                         f"{'without' if fitted == 'with' else 'with'} --keyframes-only")
+    fitted_sweeps = checkpoint.source.get("sweeps", False) if checkpoint else sweeps
+    if fitted_sweeps != sweeps:
+        was, resume = ("with", "without") if fitted_sweeps else ("without", "with")
+        raise ValueError(f"checkpoint {args.out} was fitted {was} sweep frames; resume it "
+                         f"{resume} --keyframes-only")
     read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
                         scenes=[args.scene], sweeps=sweeps)
     scene = read.scenes[0]
