@@ -97,7 +97,7 @@ def test_a_wall_at_known_depth_renders_that_depth():
     sigma = torch.where(start >= 12.5, 1e4, 0.0)
     w = render_weights(sigma, start, end)
     assert w.sum().item() == pytest.approx(1.0, abs=1e-9)
-    assert expected_depth(w, start, end).item() == pytest.approx(12.5, abs=2e-3)
+    assert expected_depth(w, (start + end) / 2).item() == pytest.approx(12.5, abs=2e-3)
     wall = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64).expand(1, 40000, 3)
     sky = torch.tensor([[0.5, 0.7, 0.9]], dtype=torch.float64)
     np.testing.assert_allclose(composite(w, wall, sky).numpy(), [[0.2, 0.4, 0.6]], atol=1e-9)
@@ -150,3 +150,20 @@ def test_distortion_loss_prefers_one_surface_to_a_floater():
     surface = torch.tensor([[0.0, 0.0, 1.0]])
     floater = torch.tensor([[0.3, 0.0, 0.7]])
     assert distortion_loss(floater, t0, t1, 20.0) > 10 * distortion_loss(surface, t0, t1, 20.0)
+
+
+def test_median_depth_matches_the_reference_and_sits_on_a_surface():
+    from distillprep.teachers.nerf.rendering import _median_depth_reference, median_depth
+
+    rng = np.random.default_rng(5)
+    weights = rng.random((50, 12)) * (rng.random((50, 12)) < 0.6)
+    weights[:5] = 0.0  # rays that see nothing: 0
+    t = np.sort(rng.uniform(1, 80, (50, 12)), axis=1)
+    got = median_depth(torch.tensor(weights), torch.tensor(t)).numpy()
+    np.testing.assert_array_equal(got, _median_depth_reference(weights, t))
+    assert np.all(got[:5] == 0)
+    # a faint pole (0.3) before a wall (0.7): expected depth floats between, median on the wall
+    w = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.7, 0.0]])
+    ts = torch.tensor([[2.0, 4.0, 6.0, 8.0, 10.0, 12.0]])
+    assert median_depth(w, ts).item() == 10.0
+    assert expected_depth(w, ts).item() == pytest.approx(8.2)

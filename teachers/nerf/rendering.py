@@ -3,8 +3,8 @@
 Each ray r has S samples with intervals [t_start, t_end) (metres along the ray, unit
 direction) and densities sigma (1/m). With delta = t_end - t_start, alpha_i = 1 -
 exp(-sigma_i delta_i), transmittance T_i = prod_{j<i} (1 - alpha_j) and weight w_i =
-T_i alpha_i: opacity = sum_i w_i, expected depth = sum_i w_i t_mid_i (+ (1 - opacity) *
-background depth where one is given), colour = sum_i w_i c_i + (1 - opacity) * sky.
+T_i alpha_i: opacity = sum_i w_i, expected depth = sum_i w_i t_i (t_i: where in its
+interval the sample was taken), colour = sum_i w_i c_i + (1 - opacity) * sky.
 """
 
 from __future__ import annotations
@@ -32,14 +32,42 @@ def composite(weights: torch.Tensor, values: torch.Tensor,
     return out
 
 
-def expected_depth(weights: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor,
-                   normalize: bool = False) -> torch.Tensor:
-    """Expected ray distance (R,) of the rendered surface; with `normalize`, divided by the
-    opacity (the depth of what is there, whatever its opacity)."""
-    depth = (weights * (t_start + t_end) * 0.5).sum(dim=-1)
+def expected_depth(weights: torch.Tensor, t: torch.Tensor, normalize: bool = False,
+                   ) -> torch.Tensor:
+    """Expected ray distance (R,) of the rendered surface from weights (R, S) and the
+    samples' distances t (R, S) (their intervals' midpoints, or wherever in them the field
+    was evaluated); with `normalize`, divided by the opacity (the depth of what is there,
+    whatever its opacity)."""
+    depth = (weights * t).sum(dim=-1)
     if normalize:
         depth = depth / weights.sum(dim=-1).clamp_min(1e-10)
     return depth
+
+
+def median_depth(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Median ray distance (R,): the distance t (R, S) of the first sample at which the
+    accumulated weight (R, S) reaches half the ray's opacity (0 for a ray without any).
+    Unlike the expected depth it never lies between two surfaces a ray sees in part (a
+    thin pole before a wall, a car's fading ghost): it is always on one of them. Samples
+    must be sorted along each ray (zero-weight slots may be anywhere)."""
+    accumulated = torch.cumsum(weights, dim=-1)
+    half = accumulated[:, -1:] / 2
+    first = torch.searchsorted(accumulated.contiguous(), half.contiguous())
+    depth = torch.gather(t, 1, first.clamp(max=t.shape[1] - 1))[:, 0]
+    return torch.where(half[:, 0] > 0, depth, torch.zeros_like(depth))
+
+
+def _median_depth_reference(weights: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """One ray at a time (tests only)."""
+    out = np.zeros(len(weights))
+    for r in range(len(weights)):
+        total, acc = weights[r].sum(), 0.0
+        for i in range(weights.shape[1]):
+            acc += weights[r, i]
+            if total > 0 and acc >= total / 2:
+                out[r] = t[r, i]
+                break
+    return out
 
 
 def normalized_distance(t: torch.Tensor, scale: float) -> torch.Tensor:
