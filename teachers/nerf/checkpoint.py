@@ -28,7 +28,7 @@ from .fit import FitConfig, FitState, Teacher, new_state
 from .sampler import OccupancyGrid
 
 FORMAT = "distillprep-teacher-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -77,6 +77,7 @@ def save_checkpoint(path: str | Path, state: FitState, scene: Scene, frames: lis
         "backend": teacher.field.grid.backend,
         "box": [list(teacher.field.box.lower), list(teacher.field.box.upper)],
         "occupancy": teacher.grid.occupied.clone(),
+        "occupancy_in_use": teacher.grid.in_use.clone(),
         "field": teacher.field.state_dict(),
         "dynamic": teacher.dynamic.state_dict() if teacher.dynamic is not None else {},
         "duration_s": teacher.duration_s,
@@ -121,9 +122,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise ValueError(f"occupancy grid {tuple(raw['occupancy'].shape)} does not match "
                              f"the config's {tuple(grid.occupied.shape)}")
         grid.occupied = raw["occupancy"].to(torch.bool)
+        grid.in_use = raw["occupancy_in_use"].to(torch.bool).reshape(grid.occupied.shape)
         dynamic = None
         if config.dynamic is not None:
-            dynamic = DynamicField(config.dynamic, box)
+            dynamic = DynamicField(config.dynamic, box, float(raw["duration_s"]))
             dynamic.load_state_dict(raw["dynamic"])
         teacher = Teacher(field, grid, config, json.loads(raw["history"]), dynamic,
                           float(raw["duration_s"]))

@@ -49,17 +49,25 @@ class DynamicFieldConfig:
     """Features passed to the colour head; must equal the static field's."""
     sparsity_weight: float = 0.01
     """Weight of the dynamic density sparsity loss (EmerNeRF: 0.01)."""
+    time_cell_s: float = 0.1
+    """Seconds spanned by one cell of the grid's finest level along time (about the
+    interval between camera captures: nuScenes' 12 Hz): a time between two captures then
+    interpolates between cells both neighbours trained, instead of landing on cells no
+    capture ever touched (0: time spans the finest level's full resolution)."""
 
 
 class DynamicField(nn.Module):
     """Time-dependent density and geometry features; colour comes from the static head."""
 
-    def __init__(self, config: DynamicFieldConfig, box: SceneBox, seed: int = 1):
+    def __init__(self, config: DynamicFieldConfig, box: SceneBox, duration_s: float = 1.0,
+                 seed: int = 1):
         super().__init__()
         if config.grid.input_dim != 4:
             raise ValueError(f"the dynamic field's grid needs input_dim 4 (xyz + t), got "
                              f"{config.grid.input_dim}")
         self.config, self.box = config, box
+        self.time_scale = time_scale(config, duration_s)
+        """Normalised time is multiplied by this before the grid (see `time_scale`)."""
         self.grid = HashGrid(config.grid, seed=seed)
         self.density_mlp = nn.Sequential(
             nn.Linear(config.grid.output_dim, config.hidden), nn.ReLU(),
@@ -72,9 +80,19 @@ class DynamicField(nn.Module):
         if times.shape != points.shape[:1]:
             raise ValueError(f"times {tuple(times.shape)} must be (P,) for points "
                              f"{tuple(points.shape)}")
-        x = torch.cat([contract(points, self.box), times.to(points.dtype)[:, None]], dim=-1)
+        t = times.to(points.dtype)[:, None] * self.time_scale
+        x = torch.cat([contract(points, self.box), t], dim=-1)
         raw = self.density_mlp(self.grid(x))
         return density_activation(raw[:, 0]), raw[:, 1:]
+
+
+def time_scale(config: DynamicFieldConfig, duration_s: float) -> float:
+    """Factor on normalised time (0..1 over `duration_s` seconds) so that a cell of the
+    grid's finest level spans `config.time_cell_s` seconds; at most 1 (a short scene keeps
+    the grid's own resolution)."""
+    if config.time_cell_s <= 0:
+        return 1.0
+    return min(1.0, duration_s / (config.time_cell_s * config.grid.max_resolution))
 
 
 def check_compatible(dynamic: DynamicFieldConfig, geometry_features: int) -> None:

@@ -21,8 +21,8 @@ from .contraction import SceneBox
 from .dynamic import DynamicField, DynamicFieldConfig, blend, check_compatible, sparsity_loss
 from .field import FieldConfig, StaticField
 from .rays import CameraRays, LidarRays, camera_rays, check_scene_for_fit, lidar_rays
-from .rendering import composite, distortion_loss, expected_depth, render_weights
-from .sampler import OccupancyGrid, SamplerConfig, resample
+from .rendering import composite, distortion_loss, expected_depth, median_depth, render_weights
+from .sampler import OccupancyGrid, RaySampling, SamplerConfig, resample
 from .sky import SkyMaskConfig
 
 
@@ -32,9 +32,9 @@ class FitConfig:
 
     model: FieldConfig = field(default_factory=FieldConfig)
     """The static field's sizes."""
-    dynamic: DynamicFieldConfig | None = None
-    """The time-conditioned dynamic field (None: a static scene, no dynamic field)."""
-    """The field's sizes."""
+    dynamic: DynamicFieldConfig | None = field(default_factory=DynamicFieldConfig)
+    """The time-conditioned dynamic field (None: a static scene, no dynamic field; steps
+    are then about 1.3x faster)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Ray sampling."""
     steps: int = 2000
@@ -51,7 +51,11 @@ class FitConfig:
     """Weight of the sky-opacity loss (BCE of opacity against 0 on LiDAR-confirmed sky
     rays; 0: off)."""
     sky: SkyMaskConfig = field(default_factory=SkyMaskConfig)
-    """Which camera rays count as sky."""
+    """Which camera rays count as sky, or as swept by the LiDAR without a return."""
+    silent_carve_quantile: float = 0.99
+    """Camera rays the LiDAR swept without a return (`CameraRays.silent`) are carved free
+    up to this quantile of the scene's LiDAR ranges, a conservative stand-in for the
+    sensor's range (0: not carved)."""
     line_of_sight_weight: float = 0.1
     """Weight of the LiDAR line-of-sight loss: rendering weight of a LiDAR ray farther
     than `line_of_sight_margin` from its return (EmerNeRF: 0.1; 0: off)."""
@@ -105,17 +109,22 @@ show (nor can its gradient reach the density) in the ray's result."""
 
 def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tensor,
                 camera: torch.Tensor, times: torch.Tensor | None = None,
+                sampling: RaySampling | None = None, offsets: torch.Tensor | None = None,
                 ) -> dict[str, torch.Tensor]:
-    """rgb (R, 3), opacity (R,) and expected ray distance (R,) of unit rays (R) from
+    """rgb (R, 3), opacity (R,), expected and median ray distance (R,) of unit rays (R) from
     camera ids (R,) at times (R,) seconds since the scene's first frame (needed with a
-    dynamic field); with one, also `dynamic_sigma` (P,) of the samples taken."""
-    samples = teacher.grid.sample(origins, directions)
-    if teacher.config.sampler.fine_samples:
-        samples = _fine_samples(teacher, samples, origins, directions, times)
+    dynamic field); with one, also `dynamic_sigma` (P,) of the samples taken.
+
+    `sampling` says how many samples a ray gets (default: the training config's);
+    `offsets` (R,) in [0, 1) jitter where in its interval each sample sits (training)."""
+    sampling = sampling or teacher.config.sampler.rays
+    samples = teacher.grid.sample(origins, directions, sampling, offsets)
+    if sampling.fine_samples:
+        samples = _fine_samples(teacher, samples, origins, directions, times, sampling)
     valid = samples.valid
-    mids = (samples.t_start + samples.t_end) / 2  # (R, S)
+    points_t = samples.t_point  # (R, S)
     ray_of, slot = valid.nonzero(as_tuple=True)  # the P valid samples
-    points = origins[ray_of] + directions[ray_of] * mids[ray_of, slot, None]
+    points = origins[ray_of] + directions[ray_of] * points_t[ray_of, slot, None]
     field_, dynamic = teacher.field, teacher.dynamic
     sigma = torch.zeros(valid.shape, dtype=origins.dtype)
     colors = torch.zeros(valid.shape + (3,), dtype=origins.dtype)
@@ -142,9 +151,10 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
     return {
         "rgb": composite(weights, colors, field_.sky(directions, rays)),
         "opacity": weights.sum(dim=-1),
-        "distance": expected_depth(weights, samples.t_start, samples.t_end, normalize=True),
+        "distance": expected_depth(weights, points_t, normalize=True),
+        "median_distance": median_depth(weights.detach(), points_t),
         "weights": weights,
-        "t_mid": mids,
+        "t_sample": points_t,
         "t_start": samples.t_start,
         "t_end": samples.t_end,
         **out,
@@ -152,12 +162,11 @@ def render_rays(teacher: Teacher, origins: torch.Tensor, directions: torch.Tenso
 
 
 @torch.no_grad()
-def _fine_samples(teacher: Teacher, samples, origins, directions, times):
+def _fine_samples(teacher: Teacher, samples, origins, directions, times, sampling):
     """Hierarchical sampling: the field's own density on the occupied candidates, without
     gradients, decides where the samples that are rendered (and trained) go."""
     ray_of, slot = samples.valid.nonzero(as_tuple=True)
-    mids = (samples.t_start + samples.t_end) / 2
-    points = origins[ray_of] + directions[ray_of] * mids[ray_of, slot, None]
+    points = origins[ray_of] + directions[ray_of] * samples.t_point[ray_of, slot, None]
     sigma = torch.zeros(samples.valid.shape, dtype=origins.dtype)
     if len(ray_of):
         s = teacher.field.density(points)[0]
@@ -165,8 +174,7 @@ def _fine_samples(teacher: Teacher, samples, origins, directions, times):
             s = s + teacher.dynamic.density(points, times[ray_of] / teacher.duration_s)[0]
         sigma = sigma.index_put((ray_of, slot), s)
     weights = render_weights(sigma, samples.t_start, samples.t_end)
-    sampler = teacher.config.sampler
-    return resample(samples, weights, sampler.fine_samples, sampler.uniform_mix)
+    return resample(samples, weights, sampling.fine_samples, sampling.uniform_mix)
 
 
 def scene_duration(scene: Scene) -> float:
@@ -177,7 +185,8 @@ def scene_duration(scene: Scene) -> float:
 def build_teacher(scene: Scene, config: FitConfig, lidar: LidarRays,
                   sky: CameraRays | None = None) -> Teacher:
     """A fresh teacher: scene box from the LiDAR returns, occupancy carved free along LiDAR
-    rays and along the camera rays in `sky` marked as sky (every 4th of them)."""
+    rays, along the camera rays in `sky` marked as sky and, up to the LiDAR's range, along
+    those marked silent (every 4th of each)."""
     torch.manual_seed(config.seed)
     returns = lidar.origins + lidar.directions * lidar.ranges[:, None]
     box = SceneBox.from_lidar(returns)
@@ -185,12 +194,17 @@ def build_teacher(scene: Scene, config: FitConfig, lidar: LidarRays,
     grid.carve(lidar.origins, lidar.directions, lidar.ranges)
     if sky is not None and sky.sky.any():
         grid.carve_to_far(sky.origins[sky.sky][::4], sky.directions[sky.sky][::4])
+    if sky is not None and sky.silent.any() and config.silent_carve_quantile > 0:
+        reach = float(np.quantile(lidar.ranges, config.silent_carve_quantile))
+        picked = np.flatnonzero(sky.silent)[::4]
+        grid.carve(sky.origins[picked], sky.directions[picked], np.full(len(picked), reach),
+                   step=0.5)
     # a moving object's cells were carved by rays of other times: keep every return's cell
     grid.mark_occupied(returns)
     dynamic = None
     if config.dynamic is not None:
         check_compatible(config.dynamic, config.model.geometry_features)
-        dynamic = DynamicField(config.dynamic, box, seed=config.seed + 1)
+        dynamic = DynamicField(config.dynamic, box, scene_duration(scene), seed=config.seed + 1)
     return Teacher(StaticField(config.model, box, len(scene.camera_names)), grid, config,
                    dynamic=dynamic, duration_s=scene_duration(scene))
 
@@ -207,8 +221,9 @@ class TrainingRays:
 
     @staticmethod
     def of(scene: Scene, frames: list[int], config: FitConfig) -> TrainingRays:
+        masks = config.sky_weight > 0 or config.silent_carve_quantile > 0
         cams = camera_rays(scene, frames, stride=config.pixel_stride,
-                           sky=config.sky if config.sky_weight > 0 else None)
+                           sky=config.sky if masks else None)
         lidar = lidar_rays(scene, frames)
         t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (
             ("cam_o", cams.origins), ("cam_d", cams.directions), ("rgb", cams.rgb),
@@ -265,9 +280,12 @@ def new_state(teacher: Teacher) -> FitState:
 def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     """One optimisation step; returns its losses (detached)."""
     teacher, config, t = state.teacher, state.teacher.config, rays.tensors
-    pick = torch.as_tensor(state.rng.integers(0, len(t["cam_id"]), config.camera_rays))
+    jitter = config.sampler.jitter
+    pick = pick_cam = torch.as_tensor(
+        state.rng.integers(0, len(t["cam_id"]), config.camera_rays))
+    offsets = torch.as_tensor(state.rng.random(len(pick)), dtype=torch.float32) if jitter else None
     out = render_rays(teacher, t["cam_o"][pick], t["cam_d"][pick], t["cam_id"][pick],
-                      t["cam_t"][pick])
+                      t["cam_t"][pick], offsets=offsets)
     rgb_loss = ((out["rgb"] - t["rgb"][pick]) ** 2).mean()
     loss = rgb_loss
     distortion = torch.zeros(())
@@ -284,12 +302,15 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     depth_loss = sight_loss = torch.zeros(())
     if config.lidar_rays:
         pick = torch.as_tensor(state.rng.integers(0, len(t["range"]), config.lidar_rays))
+        offsets = (torch.as_tensor(state.rng.random(len(pick)), dtype=torch.float32)
+                   if jitter else None)
         lid = render_rays(teacher, t["lid_o"][pick], t["lid_d"][pick],
-                          torch.zeros(len(pick), dtype=torch.long), t["lid_t"][pick])
+                          torch.zeros(len(pick), dtype=torch.long), t["lid_t"][pick],
+                          offsets=offsets)
         depth_loss = (((lid["distance"] - t["range"][pick]) / 80.0) ** 2).mean()
         loss = loss + config.depth_weight * depth_loss
         if config.line_of_sight_weight > 0:  # empty before the return, nothing behind it
-            stray = (lid["t_mid"] - t["range"][pick, None]).abs() > config.line_of_sight_margin
+            stray = (lid["t_sample"] - t["range"][pick, None]).abs() > config.line_of_sight_margin
             sight_loss = (lid["weights"] * stray).sum(dim=-1).mean()
             loss = loss + config.line_of_sight_weight * sight_loss
     dynamic_loss = torch.zeros(())
@@ -300,6 +321,7 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
         loss = loss + config.dynamic.sparsity_weight * dynamic_loss
     if not torch.isfinite(loss):
         raise TeacherDivergedError(state.step + 1, loss.item())
+    _note_used_cells(teacher.grid, out, t["cam_o"][pick_cam], t["cam_d"][pick_cam])
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
@@ -313,6 +335,18 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
             "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach(),
             "dynamic_loss": dynamic_loss.detach(), "sight_loss": sight_loss.detach(),
             "distortion_loss": distortion.detach()}
+
+
+USED_WEIGHT = 0.05
+"""A sample with at least this rendering weight keeps its occupancy cell from pruning."""
+
+
+@torch.no_grad()
+def _note_used_cells(grid: OccupancyGrid, out: dict[str, torch.Tensor], origins: torch.Tensor,
+                     directions: torch.Tensor) -> None:
+    """Tell the grid where the camera rays (R) rendered in `out` put their weight."""
+    ray_of, slot = (out["weights"] >= USED_WEIGHT).nonzero(as_tuple=True)
+    grid.use(origins[ray_of] + directions[ray_of] * out["t_sample"][ray_of, slot, None])
 
 
 def train(state: FitState, rays: TrainingRays, until_step: int, callback=None) -> FitState:

@@ -20,8 +20,12 @@ from distillprep.scenes.projection import MIN_DEPTH
 
 from .evaluate import psnr
 from .fit import Teacher
-from .render import render_view, sample_time, scaled_camera
+from .render import RENDER_SAMPLING, render_view, sample_time, scaled_camera
+from .sampler import RaySampling
 from .virtual import VirtualViewConfig, plan_arrays, plan_virtual_views, render_size
+
+DEPTH_KINDS = {"expected": "depth", "median": "median_depth"}
+"""RenderConfig.depth -> the key of `render_view`'s result that holds it."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,16 @@ class RenderConfig:
     """Virtual cameras: offsets, jitter, render size, solid-geometry checks."""
     chunk: int = 16384
     """Rays rendered at once (memory bound)."""
+    sampling: RaySampling = RENDER_SAMPLING
+    """Samples per rendered ray."""
+    depth: str = "expected"
+    """Which depth the store gets: "expected" (the weights' mean distance, EmerNeRF's) or
+    "median" (where half the opacity is reached: never between two surfaces)."""
+
+    def __post_init__(self) -> None:
+        if self.depth not in DEPTH_KINDS:
+            raise ValueError(f"render config depth {self.depth!r}: use "
+                             f"{' or '.join(map(repr, DEPTH_KINDS))}")
 
 
 @dataclass
@@ -88,14 +102,14 @@ def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
         k, h, w = scaled_camera(sample.intrinsics, sample.height, sample.width, config.scale)
         out = render_view(teacher, k, sample.cam_to_world, h, w,
                           cameras.index(sample.camera), sample_time(scene, sample),
-                          chunk=config.chunk)
-        depth.append(out["depth"])
+                          chunk=config.chunk, sampling=config.sampling)
+        depth.append(out[DEPTH_KINDS[config.depth]])
         opacity.append(out["opacity"])
         frame = frame_of[id(sample)]
         if frame not in lidar_cache:
             lidar_cache[frame] = scene.frames[frame].lidar_points().points
         scores.append(psnr(out["rgb"], _resized_image(sample, h, w)))
-        errors.append(lidar_abs_rel(out["depth"], k, sample.cam_to_world, lidar_cache[frame]))
+        errors.append(lidar_abs_rel(depth[-1], k, sample.cam_to_world, lidar_cache[frame]))
         held.append(frame not in fitted_frames)
     arrays = {"teacher_depth": np.stack(depth).astype(np.float16),
               "teacher_opacity": np.clip(np.stack(opacity), 0.0, 1.0).astype(np.float16)}
@@ -153,9 +167,9 @@ def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
         source = samples[view.source_sample]
         out = render_view(teacher, view.intrinsics, view.cam_to_world, *view.size,
                           cameras.index(source.camera), sample_time(scene, source),
-                          chunk=config.chunk)
+                          chunk=config.chunk, sampling=config.sampling)
         rgb[i] = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255.0)
-        depth[i] = out["depth"]
+        depth[i] = out[DEPTH_KINDS[config.depth]]
         opacity[i] = np.clip(out["opacity"], 0.0, 1.0)
     arrays.update(virtual_rgb=rgb, virtual_depth=depth, virtual_opacity=opacity)
     statuses = [v.status for v in plan.views]

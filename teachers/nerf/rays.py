@@ -16,7 +16,7 @@ from distillprep.scenes.errors import SceneDataError
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import image_pixels, pixel_rays
 
-from .sky import SkyMaskConfig, sky_mask
+from .sky import SkyMaskConfig, lidar_masks, scene_returns
 
 MIN_FRAMES = 3
 BLACK_IMAGE_MEAN = 2.0
@@ -42,7 +42,10 @@ class CameraRays:
     pixel: np.ndarray
     """(M, 2) float64 (column, row) at the source resolution."""
     sky: np.ndarray
-    """(M,) bool: confidently sky (`sky.sky_mask`; all False unless asked for)."""
+    """(M,) bool: confidently sky (`sky.lidar_masks`; all False unless asked for)."""
+    silent: np.ndarray
+    """(M,) bool: not sky, but the LiDAR swept the ray's direction without a return
+    (`sky.lidar_masks`; all False unless asked for)."""
 
 
 @dataclass
@@ -93,10 +96,12 @@ def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
                 sky: SkyMaskConfig | None = None) -> CameraRays:
     """Rays of every `stride`-th pixel (both axes) of every camera image of `frames` (of
     the named cameras only, when given); without `with_rgb` no image is read and `rgb`
-    is zero (rays for rendering); with a `sky` config, `sky` marks the rays the frame's
-    LiDAR confirms as sky."""
+    is zero (rays for rendering); with a `sky` config, `sky` and `silent` mark the rays
+    the frame's LiDAR confirms as sky or swept without a return."""
     t0 = scene.frames[0].timestamp_us
     parts = []
+    elsewhere = (scene_returns([s for f in frames for s in scene.frames[f].lidar])
+                 if sky is not None else None)
     for f in frames:
         for name, sample in scene.frames[f].cameras.items():
             if cameras is not None and name not in cameras:
@@ -107,15 +112,19 @@ def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
             pixels = pixels[keep]
             origin, dirs = pixel_rays(sample.intrinsics, sample.cam_to_world, pixels)
             norm = np.linalg.norm(dirs, axis=1)
-            rgb = (sample.load_image()[rows[keep], cols[keep]].astype(np.float32) / 255.0
+            image = sample.load_image() if with_rgb or sky is not None else None
+            rgb = (image[rows[keep], cols[keep]].astype(np.float32) / 255.0
                    if with_rgb else np.zeros((len(pixels), 3), np.float32))
-            is_sky = (sky_mask(sample, scene.frames[f].lidar, sky)[rows[keep], cols[keep]]
-                      if sky is not None else np.zeros(len(pixels), dtype=bool))
+            if sky is not None:
+                is_sky, silent = (m[rows[keep], cols[keep]] for m in lidar_masks(
+                    sample, scene.frames[f].lidar, sky, image, elsewhere))
+            else:
+                is_sky = silent = np.zeros(len(pixels), dtype=bool)
             parts.append(CameraRays(
                 np.broadcast_to(origin, dirs.shape).copy(), dirs / norm[:, None], norm, rgb,
                 np.full(len(pixels), scene.camera_names.index(sample.camera)),
                 np.full(len(pixels), f), np.full(len(pixels), (sample.timestamp_us - t0) / 1e6),
-                pixels, is_sky))
+                pixels, is_sky, silent))
     return CameraRays(*(np.concatenate([getattr(p, name) for p in parts])
                         for name in CameraRays.__dataclass_fields__))
 

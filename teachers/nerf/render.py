@@ -10,19 +10,29 @@ from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import image_pixels, pixel_rays
 
 from .fit import Teacher, render_rays
+from .sampler import RaySampling
 from .virtual import render_size, scaled_intrinsics
+
+RENDER_SAMPLING = RaySampling(candidates=256, max_samples=64, fine_samples=64)
+"""Rendering outputs: more candidates and kept samples than a training step affords, and a
+second pass that puts 64 samples where the first found the surface (depth resolution well
+below the candidates' spacing)."""
 
 
 @torch.no_grad()
 def render_view(teacher: Teacher, intrinsics: np.ndarray, cam_to_world: np.ndarray,
                 height: int, width: int, camera_index: int, time_s: float = 0.0,
-                chunk: int = 16384) -> dict[str, np.ndarray]:
+                chunk: int = 16384, sampling: RaySampling = RENDER_SAMPLING,
+                ) -> dict[str, np.ndarray]:
     """Render a (height, width) image of a camera with K (3, 3) and cam_to_world (4, 4)
     OpenCV, world, at `time_s` seconds since the scene's first frame (what a dynamic field
-    shows); `camera_index` picks the appearance embedding (the real camera's).
+    shows); `camera_index` picks the appearance embedding (the real camera's); `sampling`
+    how many samples a ray gets.
 
     Returns rgb (H, W, 3) float32 in [0, 1], depth (H, W) float32 metres along the camera z
-    axis (expected depth of the normalised weights) and opacity (H, W) float32 in [0, 1].
+    axis (expected depth of the normalised weights), median_depth (H, W) likewise (where
+    half the opacity is reached; see `rendering.median_depth`) and opacity (H, W) float32
+    in [0, 1].
     """
     origin, dirs = pixel_rays(intrinsics, cam_to_world, image_pixels(width, height))
     per_depth = np.linalg.norm(dirs, axis=1)  # ray metres per metre of camera z
@@ -30,25 +40,31 @@ def render_view(teacher: Teacher, intrinsics: np.ndarray, cam_to_world: np.ndarr
     d = torch.as_tensor(dirs / per_depth[:, None], dtype=torch.float32)
     cam = torch.full((len(d),), camera_index, dtype=torch.long)
     times = torch.full((len(d),), float(time_s))
-    parts = {"rgb": [], "distance": [], "opacity": []}
+    parts = {"rgb": [], "distance": [], "median_distance": [], "opacity": []}
     for s in range(0, len(d), chunk):
         out = render_rays(teacher, o[s:s + chunk], d[s:s + chunk], cam[s:s + chunk],
-                          times[s:s + chunk])
+                          times[s:s + chunk], sampling)
         for key in parts:
             parts[key].append(out[key].numpy())
-    distance = np.concatenate(parts["distance"])
+
+    def depth(key):
+        distance = np.concatenate(parts[key])
+        return (distance / per_depth).astype(np.float32).reshape(height, width)
+
     return {"rgb": np.concatenate(parts["rgb"]).reshape(height, width, 3),
-            "depth": (distance / per_depth).astype(np.float32).reshape(height, width),
+            "depth": depth("distance"), "median_depth": depth("median_distance"),
             "opacity": np.concatenate(parts["opacity"]).reshape(height, width)}
 
 
 def render_image(teacher: Teacher, scene: Scene, frame: int, camera: str,
-                 scale: float = 1.0) -> dict[str, np.ndarray]:
+                 scale: float = 1.0, sampling: RaySampling = RENDER_SAMPLING,
+                 ) -> dict[str, np.ndarray]:
     """Render one real camera image of the scene, at `scale` times its size."""
     sample = scene.frames[frame].cameras[camera]
     k, height, width = scaled_camera(sample.intrinsics, sample.height, sample.width, scale)
     return render_view(teacher, k, sample.cam_to_world, height, width,
-                       scene.camera_names.index(camera), sample_time(scene, sample))
+                       scene.camera_names.index(camera), sample_time(scene, sample),
+                       sampling=sampling)
 
 
 def sample_time(scene: Scene, sample) -> float:

@@ -1,7 +1,9 @@
 """Where along a ray to evaluate the field: an occupancy grid over contracted space that
 starts fully occupied and is carved empty along LiDAR rays (free space the laser crossed),
 then candidate samples spaced linearly near the scene box and by disparity beyond it, of
-which the first `max_samples` in occupied cells are kept.
+which the first `max_samples` in occupied cells are kept; optionally (`fine_samples`) a
+gradient-free pass of the field over those decides where the samples that are rendered go
+(`resample`).
 
 Cells no LiDAR ray crossed stay occupied, so geometry the LiDAR never saw (tall facades
 above the top beam, far buildings) still gets samples.
@@ -9,7 +11,7 @@ above the top beam, far buildings) still gets samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,15 +20,33 @@ from .contraction import SceneBox, contract, uncontract
 
 
 @dataclass(frozen=True)
+class RaySampling:
+    """How many samples each ray gets: training takes these from `SamplerConfig`,
+    rendering from `RenderConfig.sampling` (rendering can afford more)."""
+
+    candidates: int = 128
+    """Candidate positions per ray before occupancy culling."""
+    max_samples: int = 24
+    """Occupied candidates kept per ray (the first ones along it)."""
+    fine_samples: int = 0
+    """Samples per ray re-drawn where a gradient-free pass of the field over the kept
+    candidates puts the weight (`resample`; 0: render the candidates directly)."""
+    uniform_mix: float = 0.05
+    """Share of the fine samples spread over the occupied length regardless of weight."""
+
+
+@dataclass(frozen=True)
 class SamplerConfig:
     """Ray sampling."""
 
     grid_resolution: int = 128
     """Cells per axis of the occupancy grid over the contracted cube."""
-    candidates: int = 128
-    """Candidate positions per ray before occupancy culling."""
-    max_samples: int = 24
-    """Samples kept per ray: the first ones that fall in occupied cells."""
+    rays: RaySampling = field(default_factory=RaySampling)
+    """Samples per training ray."""
+    jitter: bool = True
+    """Training takes each sample's field value at a random point of its interval (one
+    offset per ray; stratified sampling), so that the field learns density between the
+    fixed candidate positions; rendering uses the midpoints."""
     near: float = 0.1
     """Nearest ray distance, metres."""
     far: float = 1000.0
@@ -39,12 +59,6 @@ class SamplerConfig:
     """First step that prunes (before it the field is still mostly noise)."""
     prune_density: float = 0.01
     """Cells whose density (1/m) at a random point stays below this are marked free."""
-    fine_samples: int = 0
-    """Samples per ray re-drawn where a first, gradient-free pass through the occupied
-    candidates put the weight (hierarchical sampling with the field as its own proposal;
-    0: render the occupied candidates directly)."""
-    uniform_mix: float = 0.05
-    """Share of the fine samples spread over the occupied candidates regardless of weight."""
     spacing: str = "contracted"
     """Candidate spacing: "contracted" (linear inside the scene box, by disparity beyond)
     or "log" (a constant ratio: fine near the camera, where depth errors are relative)."""
@@ -58,48 +72,102 @@ class RaySamples:
     """(R, K) interval ends."""
     valid: torch.Tensor
     """(R, K) bool: a real sample (False: padding, density treated as 0)."""
+    t_point: torch.Tensor | None = None
+    """(R, K) where in its interval each sample's field value is taken (None: the
+    midpoint); training jitters it (stratified sampling)."""
+
+    def __post_init__(self) -> None:
+        if self.t_point is None:
+            self.t_point = (self.t_start + self.t_end) / 2
 
 
 def resample(samples: RaySamples, weights: torch.Tensor, count: int, uniform_mix: float,
-             jitter: torch.Generator | None = None) -> RaySamples:
-    """`count` intervals per ray (R) drawn where `weights` (R, K) of `samples` lie.
+             ) -> RaySamples:
+    """`count` intervals per ray (R) drawn where `weights` (R, K) of `samples` lie, tiling
+    the rays' occupied length (the valid intervals laid end to end, gaps between them
+    left out: the occupancy grid says they are empty).
 
-    Each valid interval k gets probability p_k = (1 - m) w_k / sum w + m len_k / sum len
-    (m = uniform_mix); the fine samples sit at the quantiles (j + 1/2) / count of that
-    piecewise-uniform distribution (shifted by one random offset per ray with `jitter`),
-    each with the width its interval's share implies, len_k / (count p_k), so that the
-    fine intervals tile each coarse interval they fall in and never bridge a gap between
-    two of them (clipped to the coarse interval). Rays without valid samples get none.
+    Interval k gets probability p_k = (1 - m) w'_k / sum w' + m len_k / sum len (m =
+    uniform_mix, w'_k = max(w_k, w_k+1) over the slots); the fine edges sit at the
+    quantiles j / count, j = 0..count, of that piecewise-uniform distribution, so where
+    the weight is the fine intervals are short (depth resolution below the candidates'
+    spacing) and together they cover every occupied metre (density anywhere along the ray
+    still gets a gradient). A fine interval is returned with its occupied length, centred
+    where the middle of that length lies.
+    Rays without valid samples get none.
     """
     valid = samples.valid
     length = (samples.t_end - samples.t_start) * valid
     w = weights.detach().clamp_min(0.0) * valid
+    # A surface shows in the first interval whose sample point lies behind it, yet it may
+    # start anywhere after the previous sample point: each interval also takes the weight
+    # of the one after it (mip-NeRF 360 widens its proposals likewise).
+    w = torch.maximum(w, torch.nn.functional.pad(w[:, 1:], (0, 1))) * valid
     w_sum = w.sum(dim=-1, keepdim=True)
     len_sum = length.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     p = torch.where(w_sum > 1e-8, (1.0 - uniform_mix) * w / w_sum.clamp_min(1e-12)
                     + uniform_mix * length / len_sum, length / len_sum)
     cdf = torch.cumsum(p, dim=-1)
     cdf = cdf / cdf[:, -1:].clamp_min(1e-12)
-    offset = (torch.rand(len(p), 1, generator=jitter) if jitter is not None
-              else torch.full((len(p), 1), 0.5))
-    u = ((torch.arange(count, dtype=p.dtype) + offset) / count).clamp(1e-6, 1.0 - 1e-6)
-    k = torch.searchsorted(cdf, u).clamp(max=p.shape[1] - 1)
-    before = torch.where(k > 0, torch.gather(cdf, 1, (k - 1).clamp_min(0)), 0.0)
-    pk = torch.gather(p, 1, k).clamp_min(1e-12)
-    start, end = torch.gather(samples.t_start, 1, k), torch.gather(samples.t_end, 1, k)
-    t = start + (u - before) / pk * (end - start)
-    half = ((end - start) / (count * pk)).clamp(max=end - start) / 2
-    fine_start = torch.maximum(t - half, start)
-    fine_end = torch.minimum(t + half, end)
+    covered = torch.cumsum(length, dim=-1)  # occupied metres up to each interval's end
+    last = p.shape[1] - 1
+
+    def before(cumulative, k):
+        return torch.where(k > 0, torch.gather(cumulative, 1, (k - 1).clamp_min(0)), 0.0)
+
+    u = torch.linspace(0.0, 1.0, count + 1, dtype=p.dtype).expand(len(p), -1).contiguous()
+    # an edge at quantile u sits past every interval of zero probability before it (the
+    # last edge, u = 1, at the end of the last interval of non-zero probability)
+    k = torch.searchsorted(cdf, u, right=True)
+    k[:, -1] = torch.searchsorted(cdf, u[:, -1:].contiguous())[:, 0]
+    k = k.clamp(max=last)
+    share = ((u - before(cdf, k)) / torch.gather(p, 1, k).clamp_min(1e-12)).clamp(0.0, 1.0)
+    at = before(covered, k) + share * torch.gather(length, 1, k)  # (R, count + 1) metres
+    delta = at[:, 1:] - at[:, :-1]
+    middle = ((at[:, 1:] + at[:, :-1]) / 2).contiguous()
+    k = torch.searchsorted(covered, middle).clamp(max=last)
+    centre = torch.gather(samples.t_start, 1, k) + middle - before(covered, k)
     has = valid.any(dim=-1, keepdim=True).expand(-1, count)
-    return RaySamples(fine_start, fine_end, has.clone())
+    return RaySamples(centre - delta / 2, centre + delta / 2, has.clone())
 
 
-def candidate_edges(config: SamplerConfig, box_radius: float) -> np.ndarray:
-    """(C + 1,) interval edges from near to far: "log" spacing, or uniform in s(t) = t / b
-    below b = box radius and 2 - b / t beyond (linear near, by disparity far)."""
+def _resample_reference(t_start: np.ndarray, t_end: np.ndarray, weights: np.ndarray,
+                        count: int, uniform_mix: float) -> tuple[np.ndarray, np.ndarray]:
+    """One ray's valid intervals (K,), sorted along it, written out plainly (tests only):
+    (fine interval starts, ends) as `resample` returns them."""
+    length = t_end - t_start
+    weights = np.array([max(weights[k:k + 2]) for k in range(len(weights))])
+    p = (1 - uniform_mix) * weights / weights.sum() + uniform_mix * length / length.sum()
+    edges = []  # occupied metres (intervals laid end to end) at each quantile j / count
+    for j in range(count + 1):
+        u, acc, metres = j / count, 0.0, 0.0
+        for k in range(len(p)):
+            inside = acc + p[k] > u if j < count else acc + p[k] >= u - 1e-12 and p[k] > 0
+            if inside:
+                metres += (u - acc) / p[k] * length[k]
+                break
+            acc += p[k]
+            metres += length[k]
+        edges.append(metres)
+    starts, ends = [], []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        middle, acc = (a + b) / 2, 0.0
+        for k in range(len(length)):
+            if middle <= acc + length[k]:
+                break
+            acc += length[k]
+        centre = t_start[k] + middle - acc
+        starts.append(centre - (b - a) / 2)
+        ends.append(centre + (b - a) / 2)
+    return np.array(starts), np.array(ends)
+
+
+def candidate_edges(config: SamplerConfig, box_radius: float, candidates: int) -> np.ndarray:
+    """(C + 1,) edges of C candidate intervals from near to far: "log" spacing, or uniform
+    in s(t) = t / b below b = box radius and 2 - b / t beyond (linear near, by disparity
+    far)."""
     if config.spacing == "log":
-        return np.geomspace(config.near, config.far, config.candidates + 1)
+        return np.geomspace(config.near, config.far, candidates + 1)
     if config.spacing != "contracted":
         raise ValueError(f"sampler spacing {config.spacing!r}: use 'contracted' or 'log'")
 
@@ -109,7 +177,7 @@ def candidate_edges(config: SamplerConfig, box_radius: float) -> np.ndarray:
     def s_inv(v):
         return np.where(v < 1.0, v * box_radius, box_radius / np.maximum(2.0 - v, 1e-9))
 
-    return s_inv(np.linspace(s(config.near), s(config.far), config.candidates + 1))
+    return s_inv(np.linspace(s(config.near), s(config.far), candidates + 1))
 
 
 class OccupancyGrid:
@@ -119,6 +187,9 @@ class OccupancyGrid:
         self.config, self.box = config, box
         r = config.grid_resolution
         self.occupied = torch.ones((r, r, r), dtype=torch.bool)
+        self.in_use = torch.zeros((r, r, r), dtype=torch.bool)
+        """Cells where training rays put rendering weight since the last pruning (`use`):
+        pruning keeps them whatever the density at its one random point says."""
 
     def cells(self, points: torch.Tensor) -> torch.Tensor:
         """Flat cell index (...,) of world points (..., 3)."""
@@ -150,8 +221,7 @@ class OccupancyGrid:
         from `near` to `far`, visiting points evenly spaced in the sampler's s-space (so
         the far, contracted cells are visited too); returns the fraction left occupied."""
         flat = self.occupied.view(-1)
-        edges = candidate_edges(SamplerConfig(**{**self.config.__dict__, "candidates": steps}),
-                                self.box_radius)
+        edges = candidate_edges(self.config, self.box_radius, steps)
         mids = torch.as_tensor((edges[:-1] + edges[1:]) / 2, dtype=torch.float32)
         for start in range(0, len(origins), chunk):
             o = torch.as_tensor(origins[start:start + chunk], dtype=torch.float32)
@@ -165,14 +235,21 @@ class OccupancyGrid:
         linear to disparity."""
         return float(np.linalg.norm(np.subtract(self.box.upper, self.box.lower)) / 2)
 
+    def use(self, points: torch.Tensor) -> None:
+        """Note the cells of points (P, 3) world where rays put rendering weight: the next
+        pruning keeps them. (A random point of a cell misses a 20 cm pole in it most of
+        the time; the rays that see the pole do not.)"""
+        self.in_use.view(-1)[self.cells(points)] = True
+
     @torch.no_grad()
     def prune(self, density_fn, chunk: int = 1 << 18, seed: int = 0) -> float:
         """Mark free the occupied cells where density_fn(points (P, 3) world) -> (P,) is
-        below `prune_density` at a random point of the cell; returns the fraction left
-        occupied. (Cells are never re-occupied: callers re-mark what must stay, such as
-        LiDAR returns.)"""
+        below `prune_density` at a random point of the cell, unless rays used them since
+        the last pruning (`use`); returns the fraction left occupied. (Cells are never
+        re-occupied: callers re-mark what must stay, such as LiDAR returns.)"""
         flat = self.occupied.view(-1)
-        cells = flat.nonzero().squeeze(1)
+        cells = (flat & ~self.in_use.view(-1)).nonzero().squeeze(1)
+        self.in_use.zero_()
         r = self.config.grid_resolution
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, len(cells), chunk):
@@ -189,15 +266,23 @@ class OccupancyGrid:
         flat = self.occupied.view(-1)
         flat[self.cells(torch.as_tensor(points, dtype=torch.float32))] = True
 
-    def sample(self, origins: torch.Tensor, directions: torch.Tensor) -> RaySamples:
-        """The first `max_samples` candidate intervals per ray (R) in occupied cells."""
-        edges = torch.as_tensor(candidate_edges(self.config, self.box_radius),
-                                dtype=origins.dtype)
-        mids = (edges[:-1] + edges[1:]) / 2
-        points = origins[:, None, :] + directions[:, None, :] * mids[None, :, None]
+    def sample(self, origins: torch.Tensor, directions: torch.Tensor, sampling: RaySampling,
+               offsets: torch.Tensor | None = None) -> RaySamples:
+        """The first `sampling.max_samples` of `sampling.candidates` intervals along rays
+        (R) whose sample point lies in an occupied cell. The sample point is the interval's
+        midpoint, or `offsets` (R,) in [0, 1) of the way along it (jitter)."""
+        edges = torch.as_tensor(candidate_edges(self.config, self.box_radius,
+                                                sampling.candidates), dtype=origins.dtype)
+        start, end = edges[:-1], edges[1:]
+        if offsets is None:
+            point = ((start + end) / 2).expand(len(origins), -1)
+        else:
+            point = start + offsets[:, None] * (end - start)  # (R, C)
+        points = origins[:, None, :] + directions[:, None, :] * point[..., None]
         occupied = self.occupied.view(-1)[self.cells(points)]  # (R, C)
         # Occupied candidates first, in distance order; padding after them (its density is
         # taken as 0, so where it sits along the ray does not matter).
-        rank = torch.where(occupied, 0, 1) * len(mids) + torch.arange(len(mids))
-        order = torch.argsort(rank, dim=1)[:, : self.config.max_samples]
-        return RaySamples(edges[order], edges[order + 1], torch.gather(occupied, 1, order))
+        rank = torch.where(occupied, 0, 1) * len(start) + torch.arange(len(start))
+        order = torch.argsort(rank, dim=1)[:, : sampling.max_samples]
+        return RaySamples(start[order], end[order], torch.gather(occupied, 1, order),
+                          torch.gather(point, 1, order))
