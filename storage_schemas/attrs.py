@@ -22,9 +22,14 @@ from distillprep.scenes.errors import InvalidSceneIdError
 from distillprep.scenes.ids import validate_scene_id
 
 from .errors import MetadataError, SchemaVersionError
+from .spec import Stage
 
 STORE_FORMAT = "distillprep-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Versions read as they are: 2 replaced version 1's single `features` stage, which no
+release ever filled, by one stage per feature family and added arrays, so every version-1
+store is a valid version-2 store."""
 
 
 class _Model(BaseModel):
@@ -42,7 +47,7 @@ class SourceFile(_Model):
 class StageRecord(_Model):
     """Provenance of one stage's outputs in a scene."""
 
-    stage: Literal["ingest", "teacher", "features"] = Field(description="which stage")
+    stage: Stage = Field(description="which stage")
     config: dict[str, Any] = Field(description="the stage's full configuration")
     config_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the config")
     package_version: str = Field(description="distillprep version that ran it")
@@ -128,7 +133,7 @@ def check_schema_version(version: Any, where: str) -> None:
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"{where}: schema version {version} is newer than this "
                                  f"distillprep reads ({SCHEMA_VERSION}); upgrade distillprep")
-    if version < SCHEMA_VERSION:
+    if version < SCHEMA_VERSION and version not in READABLE_VERSIONS:
         # No released version predates 1: there is nothing to migrate from yet. A future
         # version adds its step to MIGRATIONS and `distillprep migrate` applies them.
         raise SchemaVersionError(f"{where}: schema version {version} is older than "

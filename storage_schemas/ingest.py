@@ -23,7 +23,7 @@ from distillprep.scenes.projection import sparse_depth_map
 
 from .attrs import CommitRecord, SceneAttrs, SourceFile, StageRecord, config_hash
 from .manifest import SAMPLE_ARRAYS, depth_stats
-from .spec import ARRAYS
+from .spec import ARRAYS, FEATURE_FAMILIES
 from .store import Store, chunk_layout, package_version
 
 
@@ -111,7 +111,7 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
         "lidar_depth_min": [s[0] for s in stats],
         "lidar_depth_max": [s[1] for s in stats],
         "lidar_depth_valid_fraction": [s[2] for s in stats],
-        "feature_norm_mean": [None] * len(samples),
+        **{f"{family}_feature_norm_mean": [None] * len(samples) for family in FEATURE_FAMILIES},
         "teacher_psnr": [None] * len(samples),
         "teacher_lidar_abs_rel": [None] * len(samples),
         "teacher_heldout": [None] * len(samples),

@@ -13,6 +13,7 @@ from PIL import Image
 from distillprep.scenes.preview import colorize_depth, dilate_sparse
 
 from .reader import SceneReader
+from .spec import FEATURE_FAMILIES
 from .store import Store
 
 
@@ -75,7 +76,8 @@ def _stage_figures(extra: dict[str, Any]) -> dict[str, Any]:
     """The quality figures a stage recorded about itself (teacher: PSNR, depth error,
     virtual views), for people deciding whether to trust it."""
     keys = ("backend", "steps", "heldout_psnr_db", "train_psnr_db", "lidar_abs_rel",
-            "virtual_views")
+            "virtual_views", "model", "random_init", "weights", "pca_channels",
+            "pca_explained_ratio")
     figures = {k: extra[k] for k in keys if k in extra}
     if isinstance(figures.get("virtual_views"), dict):
         figures["virtual_views"] = {k: v for k, v in figures["virtual_views"].items()
@@ -83,10 +85,21 @@ def _stage_figures(extra: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def feature_preview(features: np.ndarray) -> np.ndarray:
+    """(C, h, w) PCA-reduced features -> (h, w, 3) uint8: the first three principal
+    channels as RGB, each stretched between its 2nd and 98th percentile."""
+    rgb = np.zeros((3, *features.shape[1:]), np.float32)
+    for i, channel in enumerate(features[:3].astype(np.float32)):
+        low, high = np.percentile(channel, [2, 98])
+        rgb[i] = np.clip((channel - low) / max(high - low, 1e-6), 0, 1)
+    return (np.moveaxis(rgb, 0, -1) * 255).round().astype(np.uint8)
+
+
 def write_previews(store: Store, scene_id: str, out_dir: str | Path,
                    samples: int = 6) -> list[Path]:
     """PNGs of the first `samples` camera samples of a scene: RGB beside colour-mapped
-    LiDAR depth (and teacher depth and opacity when that stage has run), and one PNG per
+    LiDAR depth (then the first three PCA channels of each feature family, and teacher
+    depth and opacity, when those stages have run), and one PNG per
     virtual view of those samples (RGB beside its depth). Returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +112,8 @@ def write_previews(store: Store, scene_id: str, out_dir: str | Path,
         cameras[sample["sample_index"]] = sample["camera"]
         tiles = [sample["rgb"],
                  colorize_depth(dilate_sparse(sample["lidar_depth"].astype(np.float32), 1))]
+        tiles += [feature_preview(sample[f"{family}_features"]) for family in FEATURE_FAMILIES
+                  if f"{family}_features" in sample]
         if "teacher_depth" in sample:
             tiles.append(colorize_depth(sample["teacher_depth"].astype(np.float32)))
             opacity = sample["teacher_opacity"].astype(np.float32)
@@ -138,4 +153,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                        if k not in ("finished_at", "config_hash", "package_version")}
             if figures:
                 lines.append(f"    {stage}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+            if figures.get("random_init"):
+                lines.append(f"    WARNING: {stage} come from RANDOMLY INITIALISED weights "
+                             "(--random-init): not pretrained features")
     return "\n".join(lines)

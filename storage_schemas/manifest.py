@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .spec import ARRAYS
+from .spec import ARRAYS, FEATURE_FAMILIES
 
 # Per-sample arrays along N: each gets a `has_<name>` column.
 SAMPLE_ARRAYS = tuple(name for name, spec in ARRAYS.items()
@@ -33,7 +33,10 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("lidar_depth_min", pa.float32()),
         pa.field("lidar_depth_max", pa.float32()),
         pa.field("lidar_depth_valid_fraction", pa.float32(), nullable=False),
-        pa.field("feature_norm_mean", pa.float32()),
+    ]
+    # mean L2 norm of each family's stored (PCA-reduced) feature vectors, per image
+    + [pa.field(f"{family}_feature_norm_mean", pa.float32()) for family in FEATURE_FAMILIES]
+    + [
         # the teacher's own quality figures, so that weak teachers can be filtered out
         pa.field("teacher_psnr", pa.float32()),
         pa.field("teacher_lidar_abs_rel", pa.float32()),
@@ -59,4 +62,16 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 
 
 def from_parquet_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+    """A manifest part in the current schema's columns: a part written under schema
+    version 1 lacks the per-family feature columns (null; `has_*` false) and has a
+    `feature_norm_mean` column that nothing ever filled (dropped)."""
+    table = pq.read_table(io.BytesIO(data))
+    if "feature_norm_mean" in table.column_names:
+        table = table.drop_columns(["feature_norm_mean"])
+    for field in MANIFEST_SCHEMA:
+        if field.name not in table.column_names:
+            fill = [False] * table.num_rows if field.name.startswith("has_") else None
+            column = (pa.array(fill, type=field.type) if fill is not None
+                      else pa.nulls(table.num_rows, type=field.type))
+            table = table.append_column(field, column)
+    return table.select(MANIFEST_SCHEMA.names)

@@ -3,8 +3,10 @@
 Dimension letters in shape patterns:
 - N camera samples of the scene (frame-major, camera order of the scene's rig);
 - F frames; V virtual views; H, W image size; J longest JPEG of the scene in bytes;
-- Ht, Wt teacher render size; Hv, Wv virtual view size; C feature channels, h, w the
-  feature grid; D full feature width before PCA.
+- Ht, Wt teacher render size; Hv, Wv virtual view size;
+- per feature family f (`dino`, `clip`): C_f feature channels after PCA, h_f, w_f the
+  feature grid of a real image, hv_f, wv_f that of a virtual view, D_f the model's full
+  feature width before PCA.
 Each chunk holds one sample (one camera image, one virtual view) or, for small per-sample
 tables such as poses, the whole array; the sharding codec packs chunks into shards.
 """
@@ -15,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Stage = Literal["ingest", "teacher", "features"]
+Stage = Literal["ingest", "teacher", "dino_features", "clip_features"]
 Codec = Literal["zstd-1", "zstd-3", "blosc-lz4-shuffle", "none"]
 
 
@@ -86,17 +88,34 @@ ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
     _a("virtual_shift", "float32", ("V",), "m", (0.0, 1e6), "teacher", False, "zstd-1",
        "how far the view was moved back towards its source camera out of solid geometry "
        "(0: placed as requested)"),
-    _a("features", "float16", ("N", "C", "h", "w"), "", None, "features", True,
-       "blosc-lz4-shuffle", "PCA-reduced foundation-model features per real image"),
-    _a("virtual_features", "float16", ("V", "C", "h", "w"), "", None, "features", True,
-       "blosc-lz4-shuffle", "PCA-reduced features per virtual view"),
-    _a("pca_basis", "float32", ("C", "D"), "", None, "features", False, "zstd-1",
-       "rows are the principal directions"),
-    _a("pca_mean", "float32", ("D",), "", None, "features", False, "zstd-1",
-       "mean of the full-width features"),
-    _a("pca_explained_variance", "float32", ("C",), "", (0.0, 1e30), "features", False, "zstd-1",
-       "variance along each principal direction"),
 )}
+
+FEATURE_FAMILIES = ("dino", "clip")
+"""Foundation-model feature families a scene can hold, each its own stage and arrays
+(`<family>_features`, ...): DINOv2 and CLIP features live side by side."""
+
+
+def _feature_arrays(family: str) -> list[ArraySpec]:
+    what = {"dino": "DINOv2", "clip": "CLIP (text-aligned dense)"}[family]
+    c, d = f"C_{family}", f"D_{family}"
+    return [
+        _a(f"{family}_features", "float16", ("N", c, f"h_{family}", f"w_{family}"), "", None,
+           f"{family}_features", True, "blosc-lz4-shuffle",
+           f"PCA-reduced {what} features per real image"),
+        _a(f"{family}_virtual_features", "float16", ("V", c, f"hv_{family}", f"wv_{family}"),
+           "", None, f"{family}_features", True, "blosc-lz4-shuffle",
+           f"PCA-reduced {what} features per virtual view"),
+        _a(f"{family}_pca_basis", "float32", (c, d), "", None, f"{family}_features", False,
+           "zstd-1", "rows are the principal directions (orthonormal), fitted across the "
+           "dataset: every scene of a run holds the same basis"),
+        _a(f"{family}_pca_mean", "float32", (d,), "", None, f"{family}_features", False,
+           "zstd-1", "mean of the full-width features"),
+        _a(f"{family}_pca_explained_variance", "float32", (c,), "", (0.0, 1e30),
+           f"{family}_features", False, "zstd-1", "variance along each principal direction"),
+    ]
+
+
+ARRAYS.update({a.name: a for family in FEATURE_FAMILIES for a in _feature_arrays(family)})
 
 INGEST_ARRAYS = tuple(name for name, spec in ARRAYS.items() if spec.stage == "ingest")
 

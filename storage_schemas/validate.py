@@ -24,7 +24,7 @@ from .attrs import CommitRecord, SceneAttrs, parse_scene_attrs
 from .backend import is_temp_name
 from .errors import NotAStoreError, StoreError
 from .manifest import from_parquet_bytes
-from .spec import ARRAYS, INGEST_ARRAYS, infer_dims
+from .spec import ARRAYS, FEATURE_FAMILIES, INGEST_ARRAYS, infer_dims
 from .store import Store, chunk_layout, open_store
 
 
@@ -167,9 +167,16 @@ class _Checker:
 
     def stages(self, scene_id: str, attrs: SceneAttrs, present: set[str]) -> None:
         """A stage's arrays come all together and with its provenance record."""
-        for stage in ("teacher", "features"):
+        for stage in ("teacher", *(f"{f}_features" for f in FEATURE_FAMILIES)):
             mine = {n for n, spec in ARRAYS.items() if spec.stage == stage}
+            if stage != "teacher" and "virtual_rgb" not in present:  # no views to describe
+                mine.discard(stage.replace("_features", "_virtual_features"))
             have = mine & present
+            record = attrs.stages.get(stage)
+            if record is not None and record.extra.get("random_init"):
+                self.warn("random-weights", f"stage {stage}: features of RANDOMLY "
+                          f"INITIALISED {record.extra.get('model')} weights (--random-init), "
+                          "not of a pretrained model: for tests and demos only", scene=scene_id)
             if have and stage not in attrs.stages:
                 self.error("provenance", f"arrays {sorted(have)} of stage {stage} but no "
                            f"provenance record for it", scene=scene_id)

@@ -1,9 +1,12 @@
 """The store's schema as types: checked-in JSON Schemas, parsing of untrusted metadata."""
 
+import io
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from store_helpers import scene_attrs
+from store_helpers import manifest, scene_attrs
 
 from distillprep.storage_schemas.attrs import (
     SCHEMA_VERSION,
@@ -12,6 +15,11 @@ from distillprep.storage_schemas.attrs import (
     parse_store_attrs,
 )
 from distillprep.storage_schemas.errors import MetadataError, SchemaVersionError, StoreError
+from distillprep.storage_schemas.manifest import (
+    MANIFEST_SCHEMA,
+    from_parquet_bytes,
+    to_parquet_bytes,
+)
 from distillprep.storage_schemas.schema_files import SCHEMA_DIR, generated
 from distillprep.storage_schemas.spec import ARRAYS, resolve_shape
 
@@ -81,3 +89,20 @@ def test_commit_record_parse_errors():
 
 def test_schema_dir_is_shipped_in_the_package():
     assert SCHEMA_DIR == Path(__file__).resolve().parents[1] / "storage_schemas" / "json"
+
+
+def test_version_1_stores_are_read_as_they_are():
+    """Version 2 only replaced the never-filled `features` stage by one per family: a
+    version-1 store's attributes parse, and its manifest parts come back in the current
+    columns (new ones null or false, the old unused column gone)."""
+    assert parse_store_attrs(_store_raw(schema_version=1)).schema_version == 1
+    current = manifest("scene-1", 3, ["rgb_jpeg"])
+    old = current.drop_columns([n for n in current.column_names if "feature" in n])
+    old = old.append_column("feature_norm_mean", pa.nulls(3, pa.float32()))
+    sink = io.BytesIO()
+    pq.write_table(old, sink)
+    read = from_parquet_bytes(sink.getvalue())
+    assert read.schema.names == MANIFEST_SCHEMA.names
+    assert read.column("has_dino_features").to_pylist() == [False] * 3
+    assert read.column("clip_feature_norm_mean").null_count == 3
+    assert from_parquet_bytes(to_parquet_bytes(read)).equals(read)
