@@ -1,0 +1,1 @@
+"""Foundation-model teachers: DINOv2 and CLIP dense feature maps, PCA-reduced, per image."""
