@@ -9,6 +9,8 @@ NUSCENES_DEVKIT := nuscenes-devkit==1.2.0
 DEMO_OUT ?= demo_out
 # a short teacher: enough to see the scene in its depth and virtual views, not a good fit
 DEMO_TEACHER_STEPS ?= 200
+# feature models see the demo's images at this width (their defaults, ~640 px, are slow here)
+DEMO_FEATURE_WIDTH ?= 224
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: venv demo test test-slow bench lint clean
@@ -38,6 +40,14 @@ demo: $(STAMP)
 	$(BIN)/distillprep teacher render $(DEMO_OUT)/teacher_scene-0001.pt \
 		--store $(DEMO_OUT)/store.zarr --scale 0.5
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
+	@echo "demo: the DINOv2 and CLIP features below use RANDOM weights (no pretrained weights here)"
+	$(BIN)/distillprep features $(DEMO_OUT)/store.zarr --model dinov2-vitb14 --random-init \
+		--pca 16 --input-width $(DEMO_FEATURE_WIDTH) --force
+	$(BIN)/distillprep features $(DEMO_OUT)/store.zarr --model clip-vitb16 --random-init \
+		--pca 16 --input-width $(DEMO_FEATURE_WIDTH) --force
+	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
+	$(BIN)/distillprep query $(DEMO_OUT)/store.zarr --text "a car" --scene scene-0001 \
+		--png $(DEMO_OUT)/query_a_car --max-images 2
 	$(BIN)/distillprep inspect $(DEMO_OUT)/store.zarr --png $(DEMO_OUT)/store_previews
 	$(BIN)/distillprep export distillnerf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/distillnerf \
 		--scene scene-0001

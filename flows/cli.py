@@ -13,7 +13,13 @@ import sys
 from distillprep.scenes.errors import SceneError
 from distillprep.storage_schemas.errors import NotAStoreError, StoreError
 
-from . import commands_export, commands_scenes, commands_store, commands_teacher
+from . import (
+    commands_export,
+    commands_features,
+    commands_scenes,
+    commands_store,
+    commands_teacher,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data preparation and teacher distillation for DistillNeRF-style models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (commands_scenes.COMMANDS + commands_store.COMMANDS
-                + commands_teacher.COMMANDS):
+                + commands_teacher.COMMANDS + commands_features.COMMANDS):
         add(sub)
     commands_export.register(sub)
     return parser

@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_features import bench_features, bench_position_denoising
 from bench_store import bench_store
 from bench_teacher import bench_hash_grid
 from bench_teacher_fit import bench_teacher
+from bench_timing import best_of
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes
@@ -25,15 +27,6 @@ from distillprep.scenes.synthetic.render import camera_rays, render_view
 from distillprep.scenes.synthetic.rig import NUSCENES_RIG
 
 WIDTH, HEIGHT = 320, 180
-
-
-def _best_of(fn, repeats: int = 3) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench_generator() -> None:
@@ -53,8 +46,8 @@ def bench_generator() -> None:
                 render_view(world, cam.intrinsics(WIDTH, HEIGHT), pose, 2.0, WIDTH, HEIGHT,
                             supersample=supersample)
 
-        per_image = _best_of(render_all, 2) / len(cams)
-        floor = _best_of(ray_plane_pass) / len(cams)
+        per_image = best_of(render_all, 2) / len(cams)
+        floor = best_of(ray_plane_pass) / len(cams)
         print(f"synth.render_{WIDTH}x{HEIGHT}_ss{supersample}.seconds_per_image: {per_image:.3f}")
         print(f"synth.render_{WIDTH}x{HEIGHT}_ss{supersample}.ratio_to_one_ray_plane_pass: "
               f"{per_image / floor:.1f}")
@@ -74,8 +67,8 @@ def bench_reader(root: Path) -> None:
             for sample in scene.camera_samples:
                 sample.load_image()
 
-    floor = _best_of(plain_decode) / len(files)
-    ours = _best_of(reader) / len(files)
+    floor = best_of(plain_decode) / len(files)
+    ours = best_of(reader) / len(files)
     print(f"reader.camera_samples: {len(files)}")
     print(f"reader.seconds_per_camera_sample: {ours:.5f}")
     print(f"reader.ratio_to_plain_jpeg_decode: {ours / floor:.2f}")
@@ -94,6 +87,10 @@ def main() -> None:
               f"{(time.perf_counter() - start) / images:.3f}")
         bench_reader(root)
         bench_store(root)
+        files = sorted(root.glob("samples/CAM_*/*.jpg"))  # 24 images across the cameras
+        bench_position_denoising(np.stack([np.asarray(Image.open(p).convert("RGB"))
+                                           for p in files[::max(1, len(files) // 24)][:24]]))
+    bench_features()
     # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
     bench_teacher(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")),
                   float(os.environ.get("DISTILLPREP_BENCH_DYNAMIC_MINUTES", "2")))

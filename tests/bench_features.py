@@ -1,0 +1,89 @@
+"""Feature extraction speed: each model at its working resolution (a 1600 x 900 nuScenes
+image resized to the model's default input width), random weights of the real
+architecture. Printed per model: images/s; the achieved FLOP rate (torch's own FLOP count
+of one forward pass times images/s) as a ratio to a large fp32 matmul's rate measured in
+this process, i.e. how close extraction gets to the machine's floor; and the batched
+path against a one-image-at-a-time loop. `bench_position_denoising` measures the
+positional pattern on real (synthetic-world) images.
+
+`python tests/bench_features.py [MODEL ...]` runs it alone (default: every model).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+from bench_timing import best_of
+from torch.utils.flop_counter import FlopCounterMode
+
+from distillprep.teachers.foundation.extract import FeatureConfig, load_extractor
+from distillprep.teachers.foundation.models import MODELS
+from distillprep.teachers.foundation.positional import denoise, position_pattern, position_share
+
+NUSCENES_SIZE = (900, 1600)
+BATCH = 4
+
+
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 rate of a (size x size) @ (size x size) product, FLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def bench_model(name: str, floor: float) -> None:
+    extractor = load_extractor(FeatureConfig(model=name, random_init=True),
+                               batch_size=BATCH)
+    grid = extractor.grid(*NUSCENES_SIZE, None)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (BATCH, *NUSCENES_SIZE, 3), dtype=np.uint8)
+    extractor(images[:1], grid)  # warm
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        extractor(images[:1], grid)
+    flops = counter.get_total_flops()
+    batched = best_of(lambda: extractor(images, grid), 2) / BATCH
+
+    def one_at_a_time():
+        for image in images:
+            extractor(image[None], grid)
+
+    single = best_of(one_at_a_time, 2) / BATCH
+    size = f"{grid[1] * extractor.spec.patch}x{grid[0] * extractor.spec.patch}"
+    print(f"features.{name}.input_px: {size}")
+    print(f"features.{name}.gflop_per_image: {flops / 1e9:.1f}")
+    print(f"features.{name}.images_per_s: {1 / batched:.3f}")
+    print(f"features.{name}.ratio_to_matmul_floor: {flops / batched / floor:.2f}")
+    print(f"features.{name}.batched_speedup_vs_one_image_loop: {single / batched:.2f}")
+
+
+def bench_position_denoising(images: np.ndarray, model: str = "dinov2-vits14") -> None:
+    """Share of feature variance explained by position alone on images (B, H, W, 3) the
+    pattern was not estimated on, before and after denoising (random weights: the
+    architecture's own pattern, not pretrained DINOv2's)."""
+    extractor = load_extractor(FeatureConfig(model=model, random_init=True))
+    features = extractor(images, extractor.grid(*images.shape[1:3], None))
+    fit, held = features[: len(features) * 2 // 3], features[len(features) * 2 // 3:]
+    pattern = position_pattern(fit)
+    print(f"features.{model}.position_share_heldout_raw: {position_share(held):.3f}")
+    print(f"features.{model}.position_share_heldout_denoised: "
+          f"{position_share(denoise(held, pattern)):.3f}")
+
+
+def bench_features(models: list[str] | None = None) -> None:
+    floor = matmul_flops_per_s()
+    print(f"features.torch_threads: {torch.get_num_threads()}")
+    print(f"features.matmul_gflop_per_s: {floor / 1e9:.1f}")
+    for name in models or list(MODELS):
+        bench_model(name, floor)
+
+
+if __name__ == "__main__":
+    bench_features(sys.argv[1:] or None)
