@@ -1,6 +1,7 @@
 """`distillprep teacher fit / render` end to end on a tiny scene: fit -> checkpoint ->
 render -> store -> validate, resuming (also after SIGKILL), and the refusals."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -88,12 +89,16 @@ def test_fit_render_store_validate(small_dataset, tiny_config, tmp_path, capsys)
     assert all(s is not None and s > 14.0 for s in scores), scores
 
 
-def test_resume_equals_an_uninterrupted_fit(small_dataset, tiny_config, tmp_path, capsys):
+def test_resume_equals_an_uninterrupted_fit(small_dataset, tmp_path, capsys):
+    """With a constant learning rate, a fit extended in parts (--steps 12, then 30) is the
+    fit run whole (a decaying schedule depends on --steps: see the killed-fit test)."""
+    constant = tmp_path / "constant.json"
+    constant.write_text(json.dumps(to_dict(dataclasses.replace(TINY, final_lr_ratio=1.0))))
     whole, parts = tmp_path / "whole.pt", tmp_path / "parts.pt"
-    assert _fit(small_dataset, whole, tiny_config, "--steps", "30") == 0
-    assert _fit(small_dataset, parts, tiny_config, "--steps", "12") == 0
+    assert _fit(small_dataset, whole, constant, "--steps", "30") == 0
+    assert _fit(small_dataset, parts, constant, "--steps", "12") == 0
     capsys.readouterr()
-    assert _fit(small_dataset, parts, tiny_config, "--steps", "30") == 0
+    assert _fit(small_dataset, parts, constant, "--steps", "30") == 0
     last = json.loads(capsys.readouterr().out)
     assert last["resumed"] and last["step"] == 30
     a, b = load_checkpoint(whole).state, load_checkpoint(parts).state
@@ -103,11 +108,14 @@ def test_resume_equals_an_uninterrupted_fit(small_dataset, tiny_config, tmp_path
         assert torch.equal(x, y), name
 
 
+TOTAL = "300"
+
+
 def test_a_killed_fit_resumes_to_the_same_teacher(small_dataset, tiny_config, tmp_path):
     ckpt, reference = tmp_path / "killed.pt", tmp_path / "reference.pt"
     command = [sys.executable, "-m", "distillprep.flows.cli", "teacher", "fit",
                str(small_dataset), "--scene", SCENE, "--out", str(ckpt), "--config",
-               str(tiny_config), "--holdout", "0", "--steps", "100000",
+               str(tiny_config), "--holdout", "0", "--steps", TOTAL,
                "--checkpoint-every", "10", "--json"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -117,10 +125,10 @@ def test_a_killed_fit_resumes_to_the_same_teacher(small_dataset, tiny_config, tm
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(ckpt).state.step
-    assert killed_at >= 10 and killed_at % 10 == 0
-    steps = str(killed_at + 20)
-    assert _fit(small_dataset, ckpt, tiny_config, "--steps", steps) == 0
-    assert _fit(small_dataset, reference, tiny_config, "--steps", steps) == 0
+    assert 10 <= killed_at < int(TOTAL) and killed_at % 10 == 0
+    # the same command resumed: the learning-rate schedule over TOTAL steps goes on
+    assert _fit(small_dataset, ckpt, tiny_config, "--steps", TOTAL) == 0
+    assert _fit(small_dataset, reference, tiny_config, "--steps", TOTAL) == 0
     a, b = load_checkpoint(ckpt).state, load_checkpoint(reference).state
     assert a.step == b.step
     for (name, x), y in zip(a.teacher.field.state_dict().items(),

@@ -77,3 +77,15 @@ def test_distortion_loss_enters_the_step_and_pulls_weight_together(small_dataset
     for _ in range(60):
         last = train_step(state, rays)
     assert last["distortion_loss"] < first["distortion_loss"]
+
+
+def test_learning_rate_decays_exponentially_over_the_fit():
+    from distillprep.teachers.nerf.fit import learning_rate
+
+    config = FitConfig(steps=1000, learning_rate=1e-2, final_lr_ratio=0.1)
+    assert learning_rate(config, 0) == pytest.approx(1e-2)
+    assert learning_rate(config, 500) == pytest.approx(1e-2 * 0.1**0.5)
+    assert learning_rate(config, 1000) == pytest.approx(1e-3)
+    assert learning_rate(config, 5000) == pytest.approx(1e-3)  # held past the end
+    constant = FitConfig(steps=1000, final_lr_ratio=1.0)
+    assert learning_rate(constant, 700) == pytest.approx(constant.learning_rate)

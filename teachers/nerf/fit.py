@@ -45,6 +45,9 @@ class FitConfig:
     """LiDAR rays per step."""
     learning_rate: float = 1e-2
     """Adam learning rate (EmerNeRF: 0.01, eps 1e-15)."""
+    final_lr_ratio: float = 0.1
+    """The learning rate decays exponentially from `learning_rate` to this fraction of it
+    at `steps` (1: constant); resuming with more `--steps` continues on the new schedule."""
     depth_weight: float = 1.0
     """Weight of the LiDAR expected-depth loss (on depth / 80 m)."""
     sky_weight: float = 0.01
@@ -324,6 +327,8 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
     _note_used_cells(teacher.grid, out, t["cam_o"][pick_cam], t["cam_d"][pick_cam])
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(config, state.step)
     state.optimizer.step()
     state.step += 1
     sampler = config.sampler
@@ -335,6 +340,12 @@ def train_step(state: FitState, rays: TrainingRays) -> dict[str, torch.Tensor]:
             "depth_loss": depth_loss.detach(), "sky_loss": sky_loss.detach(),
             "dynamic_loss": dynamic_loss.detach(), "sight_loss": sight_loss.detach(),
             "distortion_loss": distortion.detach()}
+
+
+def learning_rate(config: FitConfig, step: int) -> float:
+    """The learning rate of step `step` (0-based) of a fit of `config.steps`."""
+    progress = min(1.0, step / max(1, config.steps))
+    return config.learning_rate * config.final_lr_ratio ** progress
 
 
 USED_WEIGHT = 0.05
