@@ -39,3 +39,9 @@ def test_no_pattern_no_change_and_resampling_keeps_a_constant():
     flat = np.full((3, 4, 6), 2.5, np.float32)
     np.testing.assert_allclose(resample_pattern(flat, (8, 12)), 2.5, rtol=1e-6)
     assert resample_pattern(flat, (4, 6)) is flat
+
+
+def test_position_share_of_content_alone_is_about_zero():
+    content, pattern = _planted(images=12, seed=4)
+    assert abs(position_share(content)) < 0.05  # not 1/12: the sampling share is taken off
+    assert 0.7 < position_share(content + pattern) < 0.9  # pattern variance 4 of 5

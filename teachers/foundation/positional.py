@@ -44,10 +44,14 @@ def denoise(features: np.ndarray, pattern: np.ndarray | None) -> np.ndarray:
 
 def position_share(features: np.ndarray) -> float:
     """Share of the variance of features (B, D, h, w) that the grid position alone explains:
-    the variance of the per-position means over the total variance (0: none)."""
+    the variance of the per-position means over the total variance (0: none). The
+    per-position means of B images also vary by content / B, which is taken off (so the
+    share of pure noise is about 0, not 1 / B)."""
     f = features.astype(np.float64)
+    images = len(f)
     total = ((f - f.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum(axis=1).mean()
     per_position = f.mean(axis=0)
     between = ((per_position - per_position.mean(axis=(1, 2), keepdims=True)) ** 2
                ).sum(axis=0).mean()
-    return float(between / max(total, 1e-30))
+    within = ((f - per_position) ** 2).sum(axis=1).mean() / max(images - 1, 1)
+    return float(max(between - within, 0.0) / max(total, 1e-30))
