@@ -70,9 +70,9 @@ def image_sets(store: Store, scene_id: str) -> list[ImageSet]:
     return sets
 
 
-def read_images(store: Store, images: ImageSet, start: int, stop: int) -> np.ndarray:
-    """Images start..stop-1 of a set, (B, H, W, 3) uint8."""
-    group = store.group(images.scene_id)
+def read_images(group, images: ImageSet, start: int, stop: int) -> np.ndarray:
+    """Images start..stop-1 of a set, (B, H, W, 3) uint8, from its scene's zarr group
+    (`Store.group`: opened once per scene by the caller, not per batch)."""
     if images.kind == "virtual":
         return np.asarray(group["virtual_rgb"][start:stop])
     jpeg = np.asarray(group["rgb_jpeg"][start:stop])
@@ -166,7 +166,8 @@ def fit_run_basis(store: Store, extractor: FeatureExtractor, config: FeatureConf
         if not len(mine):
             continue
         grid = grid_for(extractor, config, real[images.scene_id], images)
-        batch = np.stack([read_images(store, images, j, j + 1)[0] for j in mine])
+        group = store.group(images.scene_id)
+        batch = np.stack([read_images(group, images, j, j + 1)[0] for j in mine])
         features = extractor(batch, grid)
         if config.denoise_positions:
             kept.append((images.kind, features.astype(np.float16)))
@@ -237,6 +238,7 @@ def scene_features(store: Store, scene_id: str, extractor: FeatureExtractor,
     projected features, each finished batch kept in the store until the scene commits
     (and read back instead of recomputed on a resume)."""
     sets = image_sets(store, scene_id)
+    group = store.group(scene_id)
     kept_under = f"{run_prefix(extractor.spec.family)}/partial/{scene_id}"
     out = {}
     for images in sets:
@@ -250,7 +252,7 @@ def scene_features(store: Store, scene_id: str, extractor: FeatureExtractor,
                 if part.shape == (stop - start, config.channels, *extractor.feature_grid(grid)):
                     parts.append(part)
                     continue
-            features = extractor(read_images(store, images, start, stop), grid)
+            features = extractor(read_images(group, images, start, stop), grid)
             reduced = project(basis.pca, denoise(features, basis.pattern))
             part = reduced.astype(np.float16)
             buffer = io.BytesIO()

@@ -12,7 +12,7 @@ from PIL import Image
 from distillprep.storage_schemas.store import Store
 from distillprep.teachers.foundation.pca import PCA, reduced_cosine
 
-from .features_job import FeatureRunError, ImageSet, image_sets, read_images
+from .features_job import FeatureRunError, image_sets, read_images
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,7 @@ def scene_heatmaps(store: Store, scene_id: str, text: np.ndarray, max_images: in
             continue
         count = min(images.count, max_images)
         reduced = np.asarray(group[array][:count])
-        pixels = read_images(store, ImageSet(scene_id, images.kind, count, images.height,
-                                             images.width), 0, count)
+        pixels = read_images(group, images, 0, count)
         cameras = np.asarray(group["camera_index"][:count])
         for i in range(count):
             name = (f"{attrs.cameras[int(cameras[i])]}_{i:04d}" if images.kind == "real"

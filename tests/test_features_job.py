@@ -61,11 +61,11 @@ def test_features_fill_every_scene_with_the_models_projected_features(store_with
     np.testing.assert_array_equal(store.group("scene-0002")["dino_pca_basis"][...], pca.basis)
     # the stored values are the model's features of those very images, projected
     real = ImageSet("scene-0001", "real", n, 108, 192)
-    expected = project(pca, extractor(read_images(store, real, 3, 5), (2, 4)))
+    expected = project(pca, extractor(read_images(group, real, 3, 5), (2, 4)))
     np.testing.assert_allclose(group["dino_features"][3:5].astype(np.float32), expected,
                                rtol=2e-3, atol=2e-3 * np.abs(expected).max())
     views = ImageSet("scene-0001", "virtual", VIEWS, 54, 96)
-    expected = project(pca, extractor(read_images(store, views, 0, VIEWS), (1, 2)))
+    expected = project(pca, extractor(read_images(group, views, 0, VIEWS), (1, 2)))
     np.testing.assert_allclose(group["dino_virtual_features"][...].astype(np.float32),
                                expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
     # provenance, manifest and validation; random weights are said loudly
@@ -126,7 +126,7 @@ def test_positional_denoising_takes_the_pattern_out_before_the_pca(store_with_vi
     _, basis = saved_run(store, "dino")
     assert basis.pattern.shape == (extractor.spec.width, 2, 4)
     real = ImageSet("scene-0002", "real", 18, 108, 192)
-    raw = extractor(read_images(store, real, 0, 18), (2, 4))
+    raw = extractor(read_images(store.group("scene-0002"), real, 0, 18), (2, 4))
     expected = project(basis.pca, raw - basis.pattern)
     stored = store.group("scene-0002")["dino_features"][...].astype(np.float32)
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
