@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from distillprep.teachers.foundation.dense import (
     _patches,
+    clip_block,
     clip_dense_tokens,
     clip_global_from_values,
     dense_features,
@@ -59,6 +60,29 @@ def test_clip_dense_values_pooled_by_the_class_attention_give_encode_image(clip)
     assert dense.shape == (3, 1 + 14 * 14, reference.shape[1])
     # pooling them plainly is not the relation: random weights show the difference
     assert F.cosine_similarity(dense[:, 1:].mean(dim=1), reference).max() < 0.9
+
+
+@torch.inference_mode()
+def test_clip_block_through_sdpa_equals_open_clips_block(clip):
+    """Our block forward (fused attention) against open_clip's own, block by block, on
+    tokens that have been through the blocks before (realistic scales), and grads too."""
+    _, model = clip
+    blocks = model.visual.transformer.resblocks
+    tokens = torch.randn(2, 1 + 5 * 9, blocks[0].attn.embed_dim)
+    for block in blocks:
+        ours, theirs = clip_block(block, tokens), block(tokens)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        tokens = theirs
+
+
+def test_clip_block_gradients_equal_open_clips(clip):
+    _, model = clip
+    block = model.visual.transformer.resblocks[0]
+    tokens = torch.randn(1, 17, block.attn.embed_dim, requires_grad=True)
+    weight = torch.randn(1, 17, block.attn.embed_dim)
+    (ours,) = torch.autograd.grad((clip_block(block, tokens) * weight).sum(), tokens)
+    (theirs,) = torch.autograd.grad((block(tokens) * weight).sum(), tokens)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 @torch.inference_mode()

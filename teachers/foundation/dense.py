@@ -76,6 +76,20 @@ def _clip_embed(visual, x: torch.Tensor, stride: int) -> torch.Tensor:
     return visual.ln_pre(torch.cat([cls, tokens], dim=1) + pos)
 
 
+def clip_block(block, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's `ResidualAttentionBlock.forward` on tokens x (B, L, width), no mask,
+    with the attention through `F.scaled_dot_product_attention` (a tiled kernel on CPU;
+    nn.MultiheadAttention's inference path materialises the (L, L) weights per head,
+    ~15 % slower at ViT-B/16's 881 tokens). Equal to `block(x)` (tested)."""
+    attn = block.attn
+    batch, length, width = x.shape
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
+    x = x + block.ls_1(attn.out_proj(mixed))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def _value_path(block, x: torch.Tensor) -> torch.Tensor:
     """The last block's value embeddings (B, L, width) of its input tokens x (B, L, width)."""
     width = x.shape[-1]
@@ -92,7 +106,7 @@ def clip_dense_tokens(visual, x: torch.Tensor, stride: int | None = None,
     tokens = _clip_embed(visual, x, stride or visual.conv1.stride[0])
     blocks = visual.transformer.resblocks
     for block in blocks[:-1]:
-        tokens = block(tokens)
+        tokens = clip_block(block, tokens)
     last = blocks[-1]
     values = _value_path(last, tokens)
     dense = visual.ln_post(last.ls_1(last.attn.out_proj(values))) @ visual.proj
