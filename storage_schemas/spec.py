@@ -100,10 +100,10 @@ def _feature_arrays(family: str) -> list[ArraySpec]:
     c, d = f"C_{family}", f"D_{family}"
     return [
         _a(f"{family}_features", "float16", ("N", c, f"h_{family}", f"w_{family}"), "", None,
-           f"{family}_features", True, "blosc-lz4-shuffle",
+           f"{family}_features", True, "zstd-1",
            f"PCA-reduced {what} features per real image"),
         _a(f"{family}_virtual_features", "float16", ("V", c, f"hv_{family}", f"wv_{family}"),
-           "", None, f"{family}_features", True, "blosc-lz4-shuffle",
+           "", None, f"{family}_features", True, "zstd-1",
            f"PCA-reduced {what} features per virtual view"),
         _a(f"{family}_pca_basis", "float32", (c, d), "", None, f"{family}_features", False,
            "zstd-1", "rows are the principal directions (orthonormal), fitted across the "

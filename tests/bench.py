@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_features import bench_features, bench_position_denoising
+from bench_features import bench_feature_codecs, bench_features, bench_position_denoising
 from bench_store import bench_store
 from bench_teacher import bench_hash_grid
 from bench_teacher_fit import bench_teacher
@@ -88,8 +88,10 @@ def main() -> None:
         bench_reader(root)
         bench_store(root)
         files = sorted(root.glob("samples/CAM_*/*.jpg"))  # 24 images across the cameras
-        bench_position_denoising(np.stack([np.asarray(Image.open(p).convert("RGB"))
-                                           for p in files[::max(1, len(files) // 24)][:24]]))
+        images = np.stack([np.asarray(Image.open(p).convert("RGB"))
+                           for p in files[::max(1, len(files) // 24)][:24]])
+        bench_position_denoising(images)
+        bench_feature_codecs(images)
     bench_features()
     # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
     bench_teacher(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")),

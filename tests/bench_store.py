@@ -197,20 +197,26 @@ def _bench_codecs(payloads, dataset: Path) -> None:
     sparse = np.concatenate([a["lidar_depth"] for _, a, *_ in payloads])
     dense = np.stack([np.load(p).astype(np.float16) for p in sorted(
         (dataset / "ground_truth" / "depth" / "samples").rglob("*.npy"))])
-    for kind, data in (("lidar_depth", sparse), ("dense_depth", dense)):
-        for name, compressors in _CODECS.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                array = zarr.create_array(f"{tmp}/a.zarr", shape=data.shape, dtype=data.dtype,
-                                          chunks=(1, *data.shape[1:]),
-                                          shards=(len(data), *data.shape[1:]),
-                                          compressors=compressors)
-                write = _timed(lambda array=array, data=data: array.__setitem__(Ellipsis, data))
-                read = _timed(lambda array=array: array[...])
-                stored = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-            mb = data.nbytes / 1e6
-            print(f"codec.{kind}.{name}.ratio: {data.nbytes / stored:.2f}")
-            print(f"codec.{kind}.{name}.write_mb_per_s: {mb / write:.0f}")
-            print(f"codec.{kind}.{name}.read_mb_per_s: {mb / read:.0f}")
+    bench_codecs("lidar_depth", sparse)
+    bench_codecs("dense_depth", dense)
+
+
+def bench_codecs(kind: str, data: np.ndarray) -> None:
+    """Each candidate codec on data (N, ...), one chunk per row, one shard: ratio, write
+    and read MB/s."""
+    for name, compressors in _CODECS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            array = zarr.create_array(f"{tmp}/a.zarr", shape=data.shape, dtype=data.dtype,
+                                      chunks=(1, *data.shape[1:]),
+                                      shards=(len(data), *data.shape[1:]),
+                                      compressors=compressors)
+            write = _timed(lambda array=array: array.__setitem__(Ellipsis, data))
+            read = _timed(lambda array=array: array[...])
+            stored = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+        mb = data.nbytes / 1e6
+        print(f"codec.{kind}.{name}.ratio: {data.nbytes / stored:.2f}")
+        print(f"codec.{kind}.{name}.write_mb_per_s: {mb / write:.0f}")
+        print(f"codec.{kind}.{name}.read_mb_per_s: {mb / read:.0f}")
 
 
 def _bench_validator(payloads, version, tmp: Path) -> None:
