@@ -165,3 +165,34 @@ def test_clip_vitl14_336_relation_holds_too():
     _, tokens, values = clip_dense_tokens(model.visual, x)
     rebuilt = clip_global_from_values(model.visual, tokens, values)
     assert F.cosine_similarity(rebuilt, model.encode_image(x)).min() > 0.9999
+
+
+def test_a_batch_without_memory_is_retried_at_half_the_size(monkeypatch):
+    """The device's out-of-memory error (a GPU's, raised here by a wrapper that refuses
+    batches over 2) halves the batch; the features equal one-image-at-a-time ones."""
+    from distillprep.teachers.foundation import extract
+    from distillprep.teachers.foundation.extract import FeatureConfig, load_extractor
+
+    extractor = load_extractor(FeatureConfig(model="dinov2-vits14", random_init=True),
+                               batch_size=8)
+    images = _images(5, 56, 84).numpy()
+    alone = np.concatenate([extractor(image[None], (4, 6)) for image in images])
+    sizes = []
+    real = extract.dense_features
+
+    def small_device(spec, model, x, stride=None):
+        sizes.append(len(x))
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(spec, model, x, stride)
+
+    monkeypatch.setattr(extract, "dense_features", small_device)
+    batched = extractor(images, (4, 6))
+    assert sizes == [5, 4, 2, 2, 1] and extractor.batch_size == 2
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-4)
+    # one image that does not fit is the device's error, not a loop
+    monkeypatch.setattr(extract, "dense_features", lambda spec, model, x, stride=None:
+                        small_device(spec, model, x.repeat(3, 1, 1, 1), stride))
+    extractor.batch_size = 1
+    with pytest.raises(torch.OutOfMemoryError):
+        extractor(images[:1], (4, 6))

@@ -74,18 +74,33 @@ class FeatureExtractor:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         """images (B, H, W, 3) uint8, resized to patch grid `grid` -> features (B, D,
-        *feature_grid(grid)) float32, run in batches of `batch_size`."""
+        *feature_grid(grid)) float32, run in batches of `batch_size`; a batch the device
+        has no memory for is retried at half the size (and the size kept)."""
         out = []
-        for start in range(0, len(images), self.batch_size):
+        start = 0
+        while start < len(images):
             batch = torch.as_tensor(images[start:start + self.batch_size]).to(self.device)
-            x = prepare(self.spec, batch, grid)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                enabled=self.autocast_dtype is not None):
-                features = dense_features(self.spec, self.model, x, self.stride)
-            out.append(features.float().cpu().numpy())
+            try:
+                out.append(self._forward(batch, grid))
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                del batch
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += len(batch)
         if not out:
             return np.zeros((0, self.spec.width, *self.feature_grid(grid)), np.float32)
         return np.concatenate(out)
+
+    def _forward(self, batch: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+        x = prepare(self.spec, batch, grid)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            features = dense_features(self.spec, self.model, x, self.stride)
+        return features.float().cpu().numpy()
 
 
 def load_extractor(config: FeatureConfig, weights: str | Path | None = None,
