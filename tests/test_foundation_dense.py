@@ -196,3 +196,21 @@ def test_a_batch_without_memory_is_retried_at_half_the_size(monkeypatch):
     extractor.batch_size = 1
     with pytest.raises(torch.OutOfMemoryError):
         extractor(images[:1], (4, 6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device here: run it on a GPU machine (the device tool)")
+@pytest.mark.parametrize("name", ["dinov2-vits14", "clip-vitb16"])
+def test_cuda_bf16_features_match_the_cpu_fp32_ones(name):
+    """The GPU path (bf16 autocast, batches of 32) against the CPU one, same weights:
+    per-pixel cosine close to 1 (bf16 keeps ~3 significant digits)."""
+    from distillprep.teachers.foundation.extract import FeatureConfig, load_extractor
+
+    config = FeatureConfig(model=name, random_init=True)
+    images = _images(3, 90, 160).numpy()
+    cpu = load_extractor(config, device="cpu")
+    gpu = load_extractor(config, device="cuda")
+    assert gpu.provenance["precision"] == "bf16"
+    grid = cpu.grid(90, 160, 224)
+    a, b = (torch.as_tensor(e(images, grid)) for e in (cpu, gpu))
+    assert F.cosine_similarity(a, b, dim=1).min() > 0.98
