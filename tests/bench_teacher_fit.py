@@ -81,18 +81,22 @@ def score_virtual(teacher, scene, root, frames):
                               np.stack([s.intrinsics for s in samples]),
                               [(s.height, s.width) for s in samples], static_density(teacher),
                               RenderConfig().virtual)
-    scores, errors = [], []
+    scores, errors, rays, seconds = [], [], 0, 0.0
     for view in plan.views:
         sample = samples[view.source_sample]
         h, w = view.size
+        start = time.perf_counter()
         ours = render_view(teacher, view.intrinsics, view.cam_to_world, h, w,
                            scene.camera_names.index(sample.camera), sample_time(scene, sample))
+        seconds += time.perf_counter() - start
+        rays += h * w
         exact = exact_view(world, view.intrinsics, view.cam_to_world,
                            sample_time(scene, sample), w, h, supersample=2)
         scores.append(psnr(ours["rgb"], exact.rgb / 255.0))
         errors.append(depth_metrics(ours["depth"], exact.depth, exact.depth > 0)["abs_rel"])
     return {"psnr": float(np.mean(scores)), "abs_rel": float(np.nanmean(errors)),
-            "views": len(plan.views), "dropped": len(plan.dropped)}
+            "views": len(plan.views), "dropped": len(plan.dropped),
+            "rays_per_s": rays / max(seconds, 1e-9)}
 
 
 def profile_steps(state, rays, steps: int = 5) -> list[tuple[str, float]]:
@@ -173,6 +177,10 @@ def bench_teacher_fit(root: Path, minutes: float) -> None:
     print(f"teacher.render_s_per_view: "
           f"{(time.perf_counter() - start) / max(1, virtual['views']):.2f} "
           "(teacher and exact render)")
+    # a rendered ray takes two passes of 64 samples, a training ray 24 samples with backward
+    print(f"teacher.render_rays_per_s: {virtual['rays_per_s']:.0f}")
+    print(f"teacher.render_ratio_to_training_camera_rays_per_s: "
+          f"{virtual['rays_per_s'] / (state.step * config.camera_rays / fit_s):.2f}")
     print("teacher.profile (share of self CPU time per operator, 5 steps):")
     for name, share in profile_steps(state, rays):
         print(f"  {share * 100:5.1f} %  {name}")

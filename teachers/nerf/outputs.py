@@ -20,7 +20,7 @@ from distillprep.scenes.projection import MIN_DEPTH
 
 from .evaluate import psnr
 from .fit import Teacher
-from .render import RENDER_SAMPLING, render_view, sample_time, scaled_camera
+from .render import RENDER_CHUNK, RENDER_SAMPLING, render_view, sample_time, scaled_camera
 from .sampler import RaySampling
 from .virtual import VirtualViewConfig, plan_arrays, plan_virtual_views, render_size
 
@@ -36,8 +36,8 @@ class RenderConfig:
     """Size of the dense depth maps relative to the camera images."""
     virtual: VirtualViewConfig = field(default_factory=VirtualViewConfig)
     """Virtual cameras: offsets, jitter, render size, solid-geometry checks."""
-    chunk: int = 16384
-    """Rays rendered at once (memory bound)."""
+    chunk: int = RENDER_CHUNK
+    """Rays rendered at once (see `render.RENDER_CHUNK`)."""
     sampling: RaySampling = RENDER_SAMPLING
     """Samples per rendered ray."""
     depth: str = "expected"
