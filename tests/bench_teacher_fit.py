@@ -50,7 +50,7 @@ def score_real(teacher, scene, root, frames, cameras):
     """Held-out PSNR and depth figures of the teacher and of the LiDAR baseline."""
     rows = {"psnr": [], "teacher": [], "teacher_no_lidar": [], "teacher_median": [],
             "teacher_median_no_lidar": [], "lidar": [], "lidar_no_lidar": [],
-            "teacher_within": [], "teacher_beyond": [], "beyond_share": []}
+            "teacher_within": [], "teacher_beyond": []}
     for f in frames:
         points = scene.frames[f].lidar_points().points
         for cam in cameras:
@@ -67,13 +67,13 @@ def score_real(teacher, scene, root, frames, cameras):
                 depth_metrics(out["median_depth"], gt, solid & ~has_return))
             rows["teacher_within"].append(depth_metrics(out["depth"], gt, solid & (gt < FAR_M)))
             rows["teacher_beyond"].append(depth_metrics(out["depth"], gt, solid & (gt >= FAR_M)))
-            rows["beyond_share"].append(float((gt >= FAR_M).sum() / max(1, solid.sum())))
             rows["lidar"].append(depth_metrics(base, gt, solid))
             rows["lidar_no_lidar"].append(depth_metrics(base, gt, solid & ~has_return))
+    pixels = {k: sum(r["pixels"] for r in rows[k]) for k in ("teacher", "teacher_beyond")}
     return {"psnr": float(np.mean(rows["psnr"])),
-            "beyond_share": float(np.mean(rows["beyond_share"])),
-            **{f"{k}.{m}": _mean(v, m) for k, v in rows.items()
-               if k not in ("psnr", "beyond_share") for m in ("abs_rel", "delta_1_25")}}
+            "beyond_share": pixels["teacher_beyond"] / max(1, pixels["teacher"]),
+            **{f"{k}.{m}": _mean(v, m) for k, v in rows.items() if k != "psnr"
+               for m in ("abs_rel", "delta_1_25")}}
 
 
 def score_virtual(teacher, scene, root, frames):
