@@ -29,6 +29,38 @@ def _forward_time(fn, x, table, config, repeats=3) -> float:
     return best
 
 
+def _cuda_step_time(fn, x, table, config, repeats=5) -> float:
+    fn(x, table, config).square().sum().backward()  # warm-up (tcnn builds its encoder)
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        table.grad = None
+        start = time.perf_counter()
+        fn(x, table, config).square().sum().backward()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_hash_grid_cuda(config: HashGridConfig) -> None:
+    """On a GPU: tiny-cuda-nn against the torch path on the same device (2^20 points)."""
+    from distillprep.teachers.nerf import hash_tcnn
+
+    if not torch.cuda.is_available():
+        return
+    table = (torch.rand(config.levels, config.table_size, 2, device="cuda") * 2e-4
+             - 1e-4).requires_grad_()
+    x = torch.rand(1 << 20, 3, device="cuda")
+    fast = _cuda_step_time(hash_encode, x, table, config)
+    print(f"hash_grid.cuda.torch.points_per_s_forward_backward: {len(x) / fast:.0f}")
+    if not hash_tcnn.available():
+        print(f"hash_grid.tcnn: unavailable ({hash_tcnn.load_error()})")
+        return
+    tcnn = _cuda_step_time(hash_tcnn.hash_encode_tcnn, x, table, config)
+    print(f"hash_grid.tcnn.points_per_s_forward_backward: {len(x) / tcnn:.0f}")
+    print(f"hash_grid.tcnn.ratio_to_cuda_torch: {fast / tcnn:.2f}")
+
+
 def bench_hash_grid() -> None:
     """Forward + backward of the vectorised encoding against the per-level loop, on the
     calibration prototype's grid (16 levels x 2 features, 2^19 entries); then the fused C++
@@ -45,6 +77,7 @@ def bench_hash_grid() -> None:
     naive = _step_time(hash_encode_naive, x, table, config)
     print(f"hash_grid.points_per_s_forward_backward: {len(x) / fast:.0f}")
     print(f"hash_grid.ratio_to_per_level_loop: {naive / fast:.2f}")
+    bench_hash_grid_cuda(config)
     if not hash_kernel.available():
         print(f"hash_grid.cpp: unavailable ({hash_kernel.load_error()})")
         return

@@ -217,8 +217,8 @@ def test_hash_grid_backends():
     assert HashGrid(config, backend="auto").backend == "cpp"
     assert HashGrid(config).backend == "cpp"
     assert HashGrid(_config(2, 4, 2, 12, 4, 64)).backend == "torch"  # d = 2: torch only
-    with pytest.raises(ValueError, match="auto, cpp, torch"):
-        HashGrid(config, backend="tcnn")
+    with pytest.raises(ValueError, match="auto, tcnn, cpp, torch"):
+        HashGrid(config, backend="cuda")
     cpp, ref = HashGrid(config, backend="cpp"), HashGrid(config, backend="torch")
     assert ref.backend == "torch"
     x = torch.rand(1000, 3, generator=torch.Generator().manual_seed(0))

@@ -28,7 +28,7 @@ from .fit import FitConfig, FitState, Teacher, new_state
 from .sampler import OccupancyGrid
 
 FORMAT = "distillprep-teacher-checkpoint"
-VERSION = 2
+VERSION = 3  # 3: hash tables laid out and indexed as tiny-cuda-nn does
 
 
 class CheckpointError(ValueError):

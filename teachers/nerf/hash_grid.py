@@ -6,17 +6,18 @@ the 2^d cell corners, and a custom backward that scatters table gradients with o
 `_hash_encode_reference` is the plainly written numpy definition the tests compare
 values and gradients against, and `hash_encode_naive` a per-level torch loop kept as the
 benchmark's baseline. `HashGrid.backend` names the implementation that runs: `cpp`, the
-fused C++/OpenMP kernel of hash_kernel.py (CPU tensors; `auto` picks it when it built),
-or `torch`, the path above; tiny-cuda-nn's encoding of the same configuration is to join
-them behind this interface for CUDA devices (not written yet: no GPU was available to
-test it).
+fused C++/OpenMP kernel of hash_kernel.py (CPU tensors), `tcnn`, tiny-cuda-nn's
+HashGrid encoding (CUDA tensors, hash_tcnn.py), or `torch`, the path above.
 
-Definition (tcnn's conventions): inputs x (N, d) in [0, 1]; level l has scale
-s_l = base * b^l - 1 with b = exp((ln max - ln base) / (levels - 1)); the point sits at
-p = x * s_l + 0.5 in grid units, its cell corner at floor(p); a level whose grid
-(ceil(s_l) + 2)^d fits the table is indexed densely, others by the spatial hash
-XOR_i(corner_i * prime_i) mod T with primes (1, 2654435761, 805459861, 3674653429);
-features are d-linearly interpolated between the 2^d corners.
+Definition, tiny-cuda-nn's exactly (so a table fitted by one backend is read the same by
+every other): inputs x (N, d) in [0, 1]; level l has the float32 scale
+s_l = 2^(l * log2 b) * base - 1, b the per-level growth (max / base)^(1 / (levels - 1)),
+and res_l = ceil(s_l) + 1 grid vertices per side; the point sits at p = x * s_l + 0.5 in
+grid units, its cell corner at floor(p). A level with res_l^d <= T entries is dense: it
+uses the first S_l = min(res_l^d rounded up to a multiple of 8, T) rows of its table,
+corner c at (sum_i c_i * res_l^i) mod S_l; the others hash corner c to
+XOR_i(c_i * prime_i) mod T (uint32 products) with primes (1, 2654435761, 805459861,
+3674653429). Features are d-linearly interpolated between the 2^d corners.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import hash_kernel
+from . import hash_kernel, hash_tcnn
 
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
@@ -57,18 +58,37 @@ class HashGridConfig:
     def output_dim(self) -> int:
         return self.levels * self.features_per_level
 
-    def scales(self) -> np.ndarray:
-        """(L,) float64 s_l of every level."""
+    @property
+    def per_level_scale(self) -> float:
+        """b, the resolution growth from one level to the next."""
         if self.levels == 1:
-            return np.array([self.base_resolution - 1.0])
-        growth = math.exp((math.log(self.max_resolution) - math.log(self.base_resolution))
-                          / (self.levels - 1))
-        return np.array([self.base_resolution * growth**l - 1.0 for l in range(self.levels)])
+            return 1.0
+        return math.exp((math.log(self.max_resolution) - math.log(self.base_resolution))
+                        / (self.levels - 1))
+
+    def scales(self) -> np.ndarray:
+        """(L,) s_l of every level, computed in float32 as tiny-cuda-nn does (returned as
+        float64 holding those float32 values)."""
+        log2_b = np.log2(np.float32(self.per_level_scale))
+        levels = np.arange(self.levels, dtype=np.float32)
+        s = np.exp2(levels * log2_b) * np.float32(self.base_resolution) - np.float32(1)
+        return s.astype(np.float64)
+
+    def resolutions(self) -> np.ndarray:
+        """(L,) int64 res_l = ceil(s_l) + 1, grid vertices per side."""
+        return np.ceil(self.scales()).astype(np.int64) + 1
+
+    def level_sizes(self) -> np.ndarray:
+        """(L,) int64 S_l, the table rows level l uses: res_l^d rounded up to a multiple of
+        8, at most T (tiny-cuda-nn's parameter layout)."""
+        sizes = [min(-(-int(r) ** self.input_dim // 8) * 8, self.table_size)
+                 for r in self.resolutions()]
+        return np.array(sizes, dtype=np.int64)
 
     def dense_levels(self) -> np.ndarray:
         """(L,) bool: levels small enough to index densely (no hashing)."""
-        side = np.ceil(self.scales()) + 2
-        return side**self.input_dim <= self.table_size
+        return np.array([int(r) ** self.input_dim <= self.table_size
+                         for r in self.resolutions()])
 
 
 def _corner_offsets(dim: int) -> np.ndarray:
@@ -77,20 +97,23 @@ def _corner_offsets(dim: int) -> np.ndarray:
 
 
 def _level_indices(corner: torch.Tensor, config: HashGridConfig, dense_count: int,
-                   side: torch.Tensor) -> torch.Tensor:
+                   res: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Table index (N, L) int64 of integer corners (N, L, d) int64: the first
-    `dense_count` levels (the coarse ones) indexed densely, the others hashed, each level
-    computing only its own kind (int64 products of corners < 2^15 and 32-bit primes
-    cannot overflow; int32 arithmetic measured slower here)."""
+    `dense_count` levels (the coarse ones) indexed densely modulo their S_l rows, the
+    others hashed modulo T, each level computing only its own kind (int64 products of
+    corners < 2^15 and 32-bit primes cannot overflow, and `& (T - 1)` keeps only bits the
+    uint32 products share; int32 arithmetic measured slower here)."""
     coarse, fine = corner[:, :dense_count], corner[:, dense_count:]
     strided = torch.zeros_like(coarse[..., 0])
-    stride = torch.ones_like(side[:dense_count])
+    stride = torch.ones_like(res[:dense_count])
     hashed = torch.zeros_like(fine[..., 0])
     for i in range(config.input_dim):
         strided += coarse[..., i] * stride
-        stride = stride * side[:dense_count]
+        stride = stride * res[:dense_count]
         hashed ^= fine[..., i] * PRIMES[i]
-    return torch.cat([strided, hashed], dim=1) & (config.table_size - 1)
+    # & 0xFFFFFFFF: the uint32 value tcnn indexes with, also for corners outside [0, 1]
+    strided = (strided & 0xFFFFFFFF) % sizes[:dense_count]
+    return torch.cat([strided, hashed & (config.table_size - 1)], dim=1)
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) -> torch.Tensor:
@@ -105,7 +128,8 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) ->
     dense_count = int(dense.sum())
     if not np.all(dense[:dense_count]):  # resolutions grow, so dense levels come first
         raise ValueError("dense levels must precede hashed ones")
-    side = torch.as_tensor(np.ceil(config.scales()) + 2, dtype=torch.int64, device=x.device)
+    res = torch.as_tensor(config.resolutions(), device=x.device)
+    sizes = torch.as_tensor(config.level_sizes(), device=x.device)
     pos = x[:, None, :] * scales[None, :, None] + 0.5  # (N, L, d)
     base = torch.floor(pos)
     frac = pos - base
@@ -113,7 +137,7 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) ->
     offsets = torch.as_tensor(_corner_offsets(dim), dtype=torch.int64, device=x.device)
     index, weight = [], []
     for corner in offsets:
-        index.append(_level_indices(base + corner, config, dense_count, side))
+        index.append(_level_indices(base + corner, config, dense_count, res, sizes))
         w = torch.where(corner.bool(), frac, 1.0 - frac)
         weight.append(w.prod(dim=-1))
     level_base = torch.arange(levels, device=x.device)[None, :, None] * size
@@ -152,23 +176,24 @@ def hash_encode_naive(x: torch.Tensor, table: torch.Tensor, config: HashGridConf
     outputs = []
     scales = config.scales()
     dense = config.dense_levels()
+    resolutions, sizes = config.resolutions(), config.level_sizes()
     offsets = _corner_offsets(x.shape[1])
     for level in range(config.levels):
         pos = x * float(scales[level]) + 0.5
         base = torch.floor(pos)
         frac = pos - base
         base = base.to(torch.int64)
-        side = int(np.ceil(scales[level])) + 2
+        res, size = int(resolutions[level]), int(sizes[level])
         feats = 0.0
         for corner in offsets:
             c = base + torch.as_tensor(corner)
             if dense[level]:
-                idx = sum(c[:, i] * side**i for i in range(x.shape[1]))
+                idx = (sum(c[:, i] * res**i for i in range(x.shape[1])) & 0xFFFFFFFF) % size
             else:
                 idx = torch.zeros_like(c[:, 0])
                 for i in range(x.shape[1]):
                     idx = idx ^ (c[:, i] * PRIMES[i])
-            idx = idx & (config.table_size - 1)
+                idx = idx & (config.table_size - 1)
             w = torch.ones_like(x[:, 0])
             for i in range(x.shape[1]):
                 w = w * (frac[:, i] if corner[i] else 1.0 - frac[:, i])
@@ -183,23 +208,24 @@ def _hash_encode_reference(x: np.ndarray, table: np.ndarray, config: HashGridCon
     n, dim = x.shape
     out = np.zeros((n, config.levels * config.features_per_level))
     scales = config.scales()
-    dense = config.dense_levels()
     for p in range(n):
         for level in range(config.levels):
-            side = int(np.ceil(scales[level])) + 2
+            res = int(np.ceil(scales[level])) + 1
+            dense = res**dim <= config.table_size
+            rows = min(-(-res**dim // 8) * 8, config.table_size)
             pos = x[p] * scales[level] + 0.5
             base = np.floor(pos).astype(np.int64)
             frac = pos - base
             acc = np.zeros(config.features_per_level)
             for corner in _corner_offsets(dim):
                 c = base + corner
-                if dense[level]:
-                    idx = sum(int(c[i]) * side**i for i in range(dim))
+                if dense:
+                    idx = (sum(int(c[i]) * res**i for i in range(dim)) & 0xFFFFFFFF) % rows
                 else:
                     idx = 0
                     for i in range(dim):
                         idx ^= (int(c[i]) * PRIMES[i]) & 0xFFFFFFFF
-                idx %= config.table_size
+                    idx %= config.table_size
                 w = np.prod([frac[i] if corner[i] else 1 - frac[i] for i in range(dim)])
                 acc += w * table[level, idx]
             f = config.features_per_level
@@ -210,32 +236,44 @@ def _hash_encode_reference(x: np.ndarray, table: np.ndarray, config: HashGridCon
 class HashGrid(torch.nn.Module):
     """A trainable hash grid: tables (L, T, F) initialised uniformly in +-1e-4.
 
-    `backend` is "auto" (the C++ kernel for CPU tensors it supports when it is available,
-    else torch; resolved again at every call, so moving the module to another device
-    switches), "cpp" or "torch"; `self.backend` records the one used last.
+    `backend` is "auto" (tiny-cuda-nn for CUDA tensors it supports when it imports, the
+    C++ kernel for CPU tensors it supports when it built, else torch; resolved again at
+    every call, so moving the module to another device switches), "tcnn", "cpp" or
+    "torch"; `self.backend` records the one used last. The table layout is the same for
+    all of them, so checkpoints move freely between backends and devices.
     """
 
-    BACKENDS = ("auto", "cpp", "torch")
+    BACKENDS = ("auto", "tcnn", "cpp", "torch")
 
     def __init__(self, config: HashGridConfig, seed: int = 0, backend: str = "auto"):
         super().__init__()
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown hash grid backend {backend!r}; choose one of "
                              f"{', '.join(self.BACKENDS)}")
+        if backend == "tcnn" and not hash_tcnn.available():
+            raise RuntimeError(f"hash grid backend 'tcnn': {hash_tcnn.load_error()}")
         self.config = config
         generator = torch.Generator().manual_seed(seed)
         self.table = torch.nn.Parameter(
             (torch.rand(config.levels, config.table_size, config.features_per_level,
                         generator=generator) * 2 - 1) * 1e-4)
         self.requested_backend = backend
-        probe = torch.empty(0, config.input_dim, dtype=self.table.dtype)
-        self.backend = self._resolve(probe)
+        # tcnn's tensors live on the GPU the module is moved to later: checked per call
+        self.backend = "tcnn" if backend == "tcnn" else self._resolve(
+            torch.empty(0, config.input_dim, dtype=self.table.dtype))
 
     def _resolve(self, x: torch.Tensor) -> str:
-        if self.requested_backend == "torch":
+        requested = self.requested_backend
+        if requested == "torch":
             return "torch"
+        if requested == "tcnn":
+            if not hash_tcnn.supports(x, self.table, self.config):
+                raise ValueError("backend 'tcnn' needs CUDA float32 tensors, input_dim 2-4 and "
+                                 f"1, 2, 4 or 8 features per level (x: {x.device}/{x.dtype}, "
+                                 f"table: {self.table.device}/{self.table.dtype})")
+            return "tcnn"
         usable = hash_kernel.supports(x, self.table, self.config)
-        if self.requested_backend == "cpp":
+        if requested == "cpp":
             if not usable:
                 raise ValueError("backend 'cpp' needs CPU float32/float64 tensors of one dtype "
                                  f"and input_dim 3 or 4 (x: {x.device}/{x.dtype}, table: "
@@ -244,11 +282,16 @@ class HashGrid(torch.nn.Module):
                 raise RuntimeError(f"the C++ hash kernel is not available: "
                                    f"{hash_kernel.load_error()}")
             return "cpp"
+        if x.is_cuda:
+            tcnn = hash_tcnn.supports(x, self.table, self.config) and hash_tcnn.available()
+            return "tcnn" if tcnn else "torch"
         return "cpp" if usable and hash_kernel.available() else "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, d) in [0, 1] -> (N, L * F)."""
         self.backend = self._resolve(x)
+        if self.backend == "tcnn":
+            return hash_tcnn.hash_encode_tcnn(x, self.table, self.config)
         if self.backend == "cpp":
             return hash_kernel.hash_encode_cpp(x, self.table, self.config)
         return hash_encode(x, self.table, self.config)

@@ -3,9 +3,10 @@
 // each, threaded with at::parallel_for (torch's OpenMP pool, so torch.set_num_threads
 // applies).
 //
-// Index arithmetic is 32-bit unsigned: the torch path multiplies int64 corners by the primes
-// and keeps `& (T - 1)`, whose bits depend only on the low 32 bits of every product, sum and
-// XOR, so uint32 wrap-around selects the very same entries for any T <= 2^32.
+// Index arithmetic is 32-bit unsigned, as in tiny-cuda-nn: hashed levels keep `& (T - 1)`,
+// whose bits depend only on the low 32 bits of every product and XOR, so uint32 wrap-around
+// selects the entries the torch path's int64 arithmetic does for any T <= 2^32; dense levels
+// take their index modulo the level's row count S_l (no wrap-around: res^d <= T).
 //
 // Forward: points are split among threads; each thread walks its points in blocks of
 // kBlock and, per block, level by level (a level's table slice stays warm across a block),
@@ -38,8 +39,9 @@ constexpr uint32_t kPrimes[4] = {1u, 2654435761u, 805459861u, 3674653429u};
 constexpr int64_t kBlock = 256;
 
 struct Grid {
-  std::vector<double> scales;  // s_l, float64 as the config computes them
-  std::vector<int64_t> sides;  // ceil(s_l) + 2
+  std::vector<double> scales;  // s_l, float32 values as the config computes them
+  std::vector<int64_t> sides;  // res_l = ceil(s_l) + 1, vertices per side
+  std::vector<int64_t> rows;   // S_l, rows of the level's table in use (T when hashed)
   int64_t dense_count;         // the first levels are indexed densely
   int64_t size;                // T entries per level
   int64_t features;            // F
@@ -55,7 +57,7 @@ struct Cell {
 };
 
 template <typename scalar_t, int D, bool Dense>
-inline void locate(const scalar_t* point, scalar_t scale, uint32_t side, uint32_t mask,
+inline void locate(const scalar_t* point, scalar_t scale, uint32_t side, uint32_t rows,
                    Cell<scalar_t, D>& cell) {
   uint32_t lo[D], hi[D];
   uint32_t stride = 1;
@@ -86,7 +88,7 @@ inline void locate(const scalar_t* point, scalar_t scale, uint32_t side, uint32_
       }
       w *= up ? cell.frac[i] : scalar_t(1) - cell.frac[i];
     }
-    cell.index[c] = idx & mask;
+    cell.index[c] = Dense ? idx % rows : idx & (rows - 1);
     cell.weight[c] = w;
   }
 }
@@ -129,17 +131,17 @@ inline void prefetch_rows(const Cell<scalar_t, D>& cell, const scalar_t* read_ta
 template <typename scalar_t, int D, bool Dense, typename Body>
 inline void for_cells(const scalar_t* x, const scalar_t* read_table,
                       const scalar_t* write_table, int64_t nf, int64_t begin, int64_t end,
-                      scalar_t scale, uint32_t side, uint32_t mask, const Body& body) {
+                      scalar_t scale, uint32_t side, uint32_t rows, const Body& body) {
   Cell<scalar_t, D> ring[kAhead];
   for (int64_t m = begin; m < std::min(end, begin + kAhead); ++m) {
-    locate<scalar_t, D, Dense>(x + m * D, scale, side, mask, ring[m % kAhead]);
+    locate<scalar_t, D, Dense>(x + m * D, scale, side, rows, ring[m % kAhead]);
     prefetch_rows(ring[m % kAhead], read_table, write_table, nf);
   }
   for (int64_t n = begin; n < end; ++n) {
     Cell<scalar_t, D>& cell = ring[n % kAhead];
     body(n, cell);
     if (n + kAhead < end) {  // the slot is free again: refill it with point n + kAhead
-      locate<scalar_t, D, Dense>(x + (n + kAhead) * D, scale, side, mask, cell);
+      locate<scalar_t, D, Dense>(x + (n + kAhead) * D, scale, side, rows, cell);
       prefetch_rows(cell, read_table, write_table, nf);
     }
   }
@@ -149,10 +151,10 @@ inline void for_cells(const scalar_t* x, const scalar_t* read_table,
 template <typename scalar_t, int D, int F, bool Dense>
 void forward_level(const scalar_t* x, const scalar_t* level_table, scalar_t* out,
                    int64_t begin, int64_t end, int64_t width, int64_t features, scalar_t scale,
-                   uint32_t side, uint32_t mask) {
+                   uint32_t side, uint32_t rows) {
   const int64_t nf = F > 0 ? F : features;
   for_cells<scalar_t, D, Dense>(
-      x, level_table, nullptr, nf, begin, end, scale, side, mask,
+      x, level_table, nullptr, nf, begin, end, scale, side, rows,
       [&](int64_t n, const Cell<scalar_t, D>& cell) {
         scalar_t* o = out + n * width;
         for (int64_t f = 0; f < nf; ++f) o[f] = 0;
@@ -170,20 +172,20 @@ void forward_impl(const scalar_t* x, const scalar_t* table, scalar_t* out, int64
   const int64_t levels = static_cast<int64_t>(grid.scales.size());
   const int64_t nf = F > 0 ? F : grid.features;
   const int64_t width = levels * nf;
-  const uint32_t mask = static_cast<uint32_t>(grid.size - 1);
   at::parallel_for(0, n, kBlock, [&](int64_t begin, int64_t end) {
     for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
       const int64_t b1 = std::min(end, b0 + kBlock);
       for (int64_t l = 0; l < levels; ++l) {
         const scalar_t scale = static_cast<scalar_t>(grid.scales[l]);
         const uint32_t side = static_cast<uint32_t>(grid.sides[l]);
+        const uint32_t rows = static_cast<uint32_t>(grid.rows[l]);
         const scalar_t* lt = table + l * grid.size * nf;
         if (l < grid.dense_count) {
           forward_level<scalar_t, D, F, true>(x, lt, out + l * nf, b0, b1, width, nf, scale,
-                                              side, mask);
+                                              side, rows);
         } else {
           forward_level<scalar_t, D, F, false>(x, lt, out + l * nf, b0, b1, width, nf, scale,
-                                               side, mask);
+                                               side, rows);
         }
       }
     }
@@ -194,7 +196,7 @@ template <typename scalar_t, int D, int F, bool Dense>
 void backward_level(const scalar_t* grad, const scalar_t* x, const scalar_t* level_table,
                     scalar_t* level_grad_table, scalar_t* grad_x, int64_t begin, int64_t end,
                     int64_t width, int64_t features, scalar_t scale, uint32_t side,
-                    uint32_t mask) {
+                    uint32_t rows) {
   const int64_t nf = F > 0 ? F : features;
   auto body = [&](int64_t n, const Cell<scalar_t, D>& cell) {
     const scalar_t* g = grad + n * width;
@@ -220,7 +222,7 @@ void backward_level(const scalar_t* grad, const scalar_t* x, const scalar_t* lev
     }
   };
   for_cells<scalar_t, D, Dense>(x, grad_x != nullptr ? level_table : nullptr,
-                                level_grad_table, nf, begin, end, scale, side, mask, body);
+                                level_grad_table, nf, begin, end, scale, side, rows, body);
 }
 
 template <typename scalar_t, int D, int F>
@@ -231,7 +233,6 @@ void backward_impl(const scalar_t* grad, const scalar_t* x, const scalar_t* tabl
   const int64_t nf = F > 0 ? F : grid.features;
   const int64_t width = levels * nf;
   const int64_t level_numel = grid.size * nf;
-  const uint32_t mask = static_cast<uint32_t>(grid.size - 1);
   // One task per part; part k owns levels k, k + parts, ... and x-gradient buffer k.
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     for (int64_t part = part_begin; part < part_end; ++part) {
@@ -246,14 +247,15 @@ void backward_impl(const scalar_t* grad, const scalar_t* x, const scalar_t* tabl
         for (int64_t l = part; l < levels; l += parts) {
           const scalar_t scale = static_cast<scalar_t>(grid.scales[l]);
           const uint32_t side = static_cast<uint32_t>(grid.sides[l]);
+          const uint32_t rows = static_cast<uint32_t>(grid.rows[l]);
           const scalar_t* lt = table + l * level_numel;
           scalar_t* gt = grad_table != nullptr ? grad_table + l * level_numel : nullptr;
           if (l < grid.dense_count) {
             backward_level<scalar_t, D, F, true>(grad + l * nf, x, lt, gt, gx, b0, b1, width,
-                                                 nf, scale, side, mask);
+                                                 nf, scale, side, rows);
           } else {
             backward_level<scalar_t, D, F, false>(grad + l * nf, x, lt, gt, gx, b0, b1, width,
-                                                  nf, scale, side, mask);
+                                                  nf, scale, side, rows);
           }
         }
       }
@@ -298,7 +300,7 @@ void dispatch_backward(int64_t features, const scalar_t* grad, const scalar_t* x
 
 Grid check_inputs(const torch::Tensor& x, const torch::Tensor& table,
                   const std::vector<double>& scales, const std::vector<int64_t>& sides,
-                  int64_t dense_count) {
+                  const std::vector<int64_t>& rows, int64_t dense_count) {
   TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash kernel: CPU tensors only");
   TORCH_CHECK(x.dim() == 2, "hash kernel: x must be (N, d)");
   TORCH_CHECK(x.size(1) == 3 || x.size(1) == 4, "hash kernel: d must be 3 or 4");
@@ -310,16 +312,21 @@ Grid check_inputs(const torch::Tensor& x, const torch::Tensor& table,
   TORCH_CHECK(size > 0 && size <= (int64_t(1) << 32) && (size & (size - 1)) == 0,
               "hash kernel: T must be a power of two <= 2^32");
   TORCH_CHECK(static_cast<int64_t>(scales.size()) == levels &&
-                  static_cast<int64_t>(sides.size()) == levels,
-              "hash kernel: one scale and side per level");
+                  static_cast<int64_t>(sides.size()) == levels &&
+                  static_cast<int64_t>(rows.size()) == levels,
+              "hash kernel: one scale, side and row count per level");
   TORCH_CHECK(dense_count >= 0 && dense_count <= levels, "hash kernel: bad dense_count");
-  return Grid{scales, sides, dense_count, size, table.size(2)};
+  for (int64_t l = 0; l < levels; ++l) {
+    TORCH_CHECK(rows[l] > 0 && rows[l] <= size && (l < dense_count || rows[l] == size),
+                "hash kernel: a level's rows must be in [1, T], T when hashed");
+  }
+  return Grid{scales, sides, rows, dense_count, size, table.size(2)};
 }
 
 torch::Tensor hash_forward(const torch::Tensor& x, const torch::Tensor& table,
                            const std::vector<double>& scales, const std::vector<int64_t>& sides,
-                           int64_t dense_count) {
-  const Grid grid = check_inputs(x, table, scales, sides, dense_count);
+                           const std::vector<int64_t>& rows, int64_t dense_count) {
+  const Grid grid = check_inputs(x, table, scales, sides, rows, dense_count);
   const int64_t n = x.size(0);
   auto out = torch::empty({n, table.size(0) * grid.features}, x.options());
   if (n == 0 || out.numel() == 0) return out;
@@ -340,9 +347,10 @@ torch::Tensor hash_forward(const torch::Tensor& x, const torch::Tensor& table,
 std::vector<torch::Tensor> hash_backward(const torch::Tensor& grad, const torch::Tensor& x,
                                          const torch::Tensor& table,
                                          const std::vector<double>& scales,
-                                         const std::vector<int64_t>& sides, int64_t dense_count,
+                                         const std::vector<int64_t>& sides,
+                                         const std::vector<int64_t>& rows, int64_t dense_count,
                                          bool need_x, bool need_table) {
-  const Grid grid = check_inputs(x, table, scales, sides, dense_count);
+  const Grid grid = check_inputs(x, table, scales, sides, rows, dense_count);
   const int64_t n = x.size(0);
   const int64_t levels = table.size(0);
   TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == x.scalar_type() &&

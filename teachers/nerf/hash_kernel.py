@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import sys
 import threading
@@ -118,12 +117,13 @@ def load_error() -> str | None:
 class _Grid:
     scales: list[float]
     sides: list[int]
+    rows: list[int]
     dense_count: int
 
 
 @functools.lru_cache(maxsize=64)
 def _grid(config: HashGridConfig) -> _Grid:
-    """Per-level constants, computed as `hash_encode` does (float64 s_l, ceil(s_l) + 2)."""
+    """Per-level constants, the config's as `hash_encode` uses them (s_l, res_l, S_l)."""
     scales = [float(s) for s in config.scales()]
     dense = [bool(d) for d in config.dense_levels()]
     dense_count = sum(dense)
@@ -131,7 +131,8 @@ def _grid(config: HashGridConfig) -> _Grid:
         raise ValueError("dense levels must precede hashed ones")
     if config.log2_table_size > 32:
         raise ValueError("the C++ hash kernel needs a table of at most 2^32 entries")
-    return _Grid(scales, [int(math.ceil(s)) + 2 for s in scales], dense_count)
+    return _Grid(scales, [int(r) for r in config.resolutions()],
+                 [int(r) for r in config.level_sizes()], dense_count)
 
 
 def supports(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) -> bool:
@@ -146,7 +147,7 @@ class _HashEncode(torch.autograd.Function):
     def forward(ctx, x, table, grid):
         ctx.grid = grid
         ctx.save_for_backward(x, table)
-        return _module.forward(x, table, grid.scales, grid.sides, grid.dense_count)
+        return _module.forward(x, table, grid.scales, grid.sides, grid.rows, grid.dense_count)
 
     @staticmethod
     @once_differentiable
@@ -155,7 +156,8 @@ class _HashEncode(torch.autograd.Function):
         grid = ctx.grid
         need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x, grad_table = _module.backward(grad.contiguous(), x, table, grid.scales,
-                                              grid.sides, grid.dense_count, need_x, need_table)
+                                              grid.sides, grid.rows, grid.dense_count, need_x,
+                                              need_table)
         return (grad_x if need_x else None, grad_table if need_table else None, None)
 
 
