@@ -85,6 +85,14 @@ class HashGridConfig:
                  for r in self.resolutions()]
         return np.array(sizes, dtype=np.int64)
 
+    def check_shapes(self, x: torch.Tensor, table: torch.Tensor) -> None:
+        """Raise ValueError unless x is (N, d) and table (L, T, F) of this grid."""
+        if x.dim() != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"x must be (N, {self.input_dim}), got {tuple(x.shape)}")
+        want = (self.levels, self.table_size, self.features_per_level)
+        if tuple(table.shape) != want:
+            raise ValueError(f"table must be {want}, got {tuple(table.shape)}")
+
     def dense_levels(self) -> np.ndarray:
         """(L,) bool: levels small enough to index densely (no hashing)."""
         return np.array([int(r) ** self.input_dim <= self.table_size

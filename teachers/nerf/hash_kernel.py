@@ -171,11 +171,7 @@ def hash_encode_cpp(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig
         raise ValueError("the C++ hash kernel needs CPU float32/float64 tensors of one dtype "
                          f"and d in (3, 4); got {x.device}/{x.dtype}, {table.device}/"
                          f"{table.dtype}, d={config.input_dim}")
-    levels, size, features = config.levels, config.table_size, config.features_per_level
-    if x.dim() != 2 or x.shape[1] != config.input_dim:
-        raise ValueError(f"x must be (N, {config.input_dim}), got {tuple(x.shape)}")
-    if tuple(table.shape) != (levels, size, features):
-        raise ValueError(f"table must be {(levels, size, features)}, got {tuple(table.shape)}")
+    config.check_shapes(x, table)
     return _HashEncode.apply(x.contiguous(), table.contiguous(), _grid(config))
 
 

@@ -135,6 +135,7 @@ def hash_encode_tcnn(x: torch.Tensor, table: torch.Tensor, config: HashGridConfi
         raise ValueError("tiny-cuda-nn needs CUDA float32 tensors, d in (2, 3, 4) and F in "
                          f"(1, 2, 4, 8); got {x.device}/{x.dtype}, {table.device}/"
                          f"{table.dtype}, d={config.input_dim}, F={config.features_per_level}")
+    config.check_shapes(x, table)
     encoder = _encoder(config, x.device)
     n = x.shape[0]
     granularity = int(_tcnn.modules._C.batch_size_granularity())
