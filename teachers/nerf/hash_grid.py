@@ -260,39 +260,27 @@ class HashGrid(torch.nn.Module):
                              f"{', '.join(self.BACKENDS)}")
         if backend == "tcnn" and not hash_tcnn.available():
             raise RuntimeError(f"hash grid backend 'tcnn': {hash_tcnn.load_error()}")
+        if backend == "cpp" and not hash_kernel.available():
+            raise RuntimeError(f"the C++ hash kernel is not available: "
+                               f"{hash_kernel.load_error()}")
         self.config = config
         generator = torch.Generator().manual_seed(seed)
         self.table = torch.nn.Parameter(
             (torch.rand(config.levels, config.table_size, config.features_per_level,
                         generator=generator) * 2 - 1) * 1e-4)
         self.requested_backend = backend
-        # tcnn's tensors live on the GPU the module is moved to later: checked per call
-        self.backend = "tcnn" if backend == "tcnn" else self._resolve(
+        self.backend = backend if backend != "auto" else self._resolve(
             torch.empty(0, config.input_dim, dtype=self.table.dtype))
 
     def _resolve(self, x: torch.Tensor) -> str:
-        requested = self.requested_backend
-        if requested == "torch":
-            return "torch"
-        if requested == "tcnn":
-            if not hash_tcnn.supports(x, self.table, self.config):
-                raise ValueError("backend 'tcnn' needs CUDA float32 tensors, input_dim 2-4 and "
-                                 f"1, 2, 4 or 8 features per level (x: {x.device}/{x.dtype}, "
-                                 f"table: {self.table.device}/{self.table.dtype})")
-            return "tcnn"
-        usable = hash_kernel.supports(x, self.table, self.config)
-        if requested == "cpp":
-            if not usable:
-                raise ValueError("backend 'cpp' needs CPU float32/float64 tensors of one dtype "
-                                 f"and input_dim 3 or 4 (x: {x.device}/{x.dtype}, table: "
-                                 f"{self.table.device}/{self.table.dtype})")
-            if not hash_kernel.available():
-                raise RuntimeError(f"the C++ hash kernel is not available: "
-                                   f"{hash_kernel.load_error()}")
-            return "cpp"
+        """The backend for x: the requested one (its function refuses inputs it does not
+        handle), or for "auto" the fastest that handles x."""
+        if self.requested_backend != "auto":
+            return self.requested_backend
         if x.is_cuda:
             tcnn = hash_tcnn.supports(x, self.table, self.config) and hash_tcnn.available()
             return "tcnn" if tcnn else "torch"
+        usable = hash_kernel.supports(x, self.table, self.config)
         return "cpp" if usable and hash_kernel.available() else "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
