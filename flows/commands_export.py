@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_common import emit
+from .cli_common import add_scene_argument, add_storage_option_argument, emit, storage_options
 
 
 def register(sub) -> None:
@@ -17,8 +17,8 @@ def register(sub) -> None:
         "layout (OUT is its nuscenes_emernerf/ folder)")
     d.add_argument("store", help="store path or URL")
     d.add_argument("out", type=Path, help="export root (DistillNeRF's nuscenes_emernerf/)")
-    d.add_argument("--scene", action="append", default=None, metavar="ID",
-                   help="export this scene (repeatable; default: all)")
+    add_storage_option_argument(d)
+    add_scene_argument(d)
     d.add_argument("--include-moved", action="store_true",
                    help="also write virtual views moved out of solid geometry or jittered "
                    "(DistillNeRF would take them at the pose their folder names)")
@@ -28,8 +28,10 @@ def register(sub) -> None:
 
 def run_export_distillnerf(args) -> int:
     from distillprep.storage_schemas.export_distillnerf import export_distillnerf
+    from distillprep.storage_schemas.store import open_store
 
-    report = export_distillnerf(args.store, args.out, scene_ids=args.scene,
+    store = open_store(args.store, storage_options=storage_options(args))
+    report = export_distillnerf(store, args.out, scene_ids=args.scenes,
                                 include_moved=args.include_moved)
     lines = [f"{args.out}: wrote {len(report.files)} file(s) for {len(report.scenes)} "
              f"scene(s): {report.real_views} real view(s), {report.virtual_views} virtual "

@@ -6,8 +6,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_common import emit
-from .commands_store import _storage_option_argument, _storage_options
+from .cli_common import (
+    add_scene_argument,
+    add_storage_option_argument,
+    check_device,
+    emit,
+    storage_options,
+)
 
 
 def add_features(sub) -> None:
@@ -16,7 +21,7 @@ def add_features(sub) -> None:
     p = sub.add_parser("features", help="extract PCA-reduced DINOv2/CLIP feature maps of "
                        "every image and virtual view of a store (resumable)")
     p.add_argument("store", help="store path or URL")
-    _storage_option_argument(p)
+    add_storage_option_argument(p)
     p.add_argument("--model", required=True, choices=list(MODELS))
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", type=Path, default=None,
@@ -39,7 +44,7 @@ def add_features(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 CPU, 32 CUDA")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scene", nargs="+", default=None, help="scene ids (default: all)")
+    add_scene_argument(p)
     p.add_argument("--force", action="store_true",
                    help="refit the PCA and redo every scene, even those already done")
     p.add_argument("--json", action="store_true")
@@ -51,25 +56,20 @@ def run_features(args) -> int:
 
     from distillprep.storage_schemas.store import open_store
     from distillprep.teachers.foundation.extract import FeatureConfig, load_extractor
+    from distillprep.teachers.foundation.job import run_features as run
 
-    from .features_job import run_features as run
-
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch sees no CUDA device here")
+    check_device(args.device)
     config = FeatureConfig(model=args.model, channels=args.pca, input_width=args.input_width,
                            stride=args.stride, pca_images=args.pca_images, seed=args.seed,
                            denoise_positions=args.denoise_positions,
                            random_init=args.random_init)
-    store = open_store(args.store, mode="a", storage_options=_storage_options(args))
+    store = open_store(args.store, mode="a", storage_options=storage_options(args))
     extractor = load_extractor(config, args.weights, args.device, args.batch_size)
     if args.random_init:
         print(f"distillprep features: WARNING: {args.model} with RANDOM weights "
               "(--random-init): these features are not pretrained ones", file=sys.stderr)
     bar = None if args.json else tqdm(unit="img", desc=f"{args.model} features")
-    summary = run(store, extractor, config, args.scene, args.force,
+    summary = run(store, extractor, config, args.scenes, args.force,
                   progress=None if bar is None else bar.update)
     if bar is not None:
         bar.close()
@@ -89,9 +89,9 @@ def add_query(sub) -> None:
     p = sub.add_parser("query", help="CLIP text query: similarity heat maps over the "
                        "images of a store with CLIP features")
     p.add_argument("store", help="store path or URL")
-    _storage_option_argument(p)
+    add_storage_option_argument(p)
     p.add_argument("--text", required=True, help='what to look for, e.g. "car"')
-    p.add_argument("--scene", nargs="+", default=None, help="scene ids (default: all)")
+    add_scene_argument(p)
     p.add_argument("--png", required=True, type=Path, help="folder for the heat maps")
     p.add_argument("--weights", type=Path, default=None,
                    help="the CLIP checkpoint the features were made with (default: "
@@ -104,53 +104,24 @@ def add_query(sub) -> None:
 
 
 def run_query(args) -> int:
-    import numpy as np
-    import torch
     from PIL import Image
 
     from distillprep.storage_schemas.store import open_store
-    from distillprep.teachers.foundation.dense import encode_text
-    from distillprep.teachers.foundation.extract import FeatureConfig, load_extractor
+    from distillprep.teachers.foundation.query import overlay, query_store
 
-    from .features_job import FeatureRunError
-    from .features_query import overlay, scene_heatmaps
-
-    store = open_store(args.store, storage_options=_storage_options(args))
-    scenes = args.scene or store.scenes()
-    records = {s: store.scene_attrs(s).stages.get("clip_features") for s in scenes}
-    missing = [s for s, r in records.items() if r is None]
-    if missing:
-        raise FeatureRunError(f"store {args.store}: scene(s) {missing} have no CLIP features: "
-                              "run `distillprep features --model clip-...` first")
-    identities = {r.config_hash for r in records.values()}
-    if len(identities) > 1:
-        raise FeatureRunError(f"store {args.store}: the scenes' CLIP features come from "
-                              f"{len(identities)} different runs; query them one run at a time")
-    record = next(iter(records.values()))
-    config = FeatureConfig(**record.config["config"])
-    extractor = load_extractor(config, args.weights)
-    if extractor.provenance["weights_sha256"] != record.config["weights_sha256"]:
-        raise FeatureRunError(f"--weights {extractor.provenance['weights']}: sha256 "
-                              f"{extractor.provenance['weights_sha256']} is not that of the "
-                              f"weights the features were made with "
-                              f"({record.config['weights_sha256']})")
-    with torch.inference_mode():
-        text = encode_text(extractor.model, extractor.spec.architecture,
-                           [args.text])[0].float().numpy()
-    maps = [m for s in scenes for m in scene_heatmaps(store, s, text, args.max_images)]
-    values = np.concatenate([m.similarity.ravel() for m in maps])
-    low, high = np.percentile(values, [1, 99])
+    store = open_store(args.store, storage_options=storage_options(args))
+    result = query_store(store, args.text, args.scenes, args.weights, args.max_images)
     paths = []
-    for m in maps:
+    for m in result.maps:
         path = args.png / m.scene_id / f"{m.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(overlay(m, float(low), float(high))).save(path)
+        Image.fromarray(overlay(m, result.low, result.high)).save(path)
         paths.append(str(path))
-    if config.random_init:
+    if result.random_init:
         print("distillprep query: WARNING: these CLIP features come from RANDOM weights "
               "(--random-init): the heat maps show nothing meaningful", file=sys.stderr)
-    emit(args, {"text": args.text, "random_init": config.random_init, "pngs": paths,
-                "similarity_range": [float(low), float(high)]},
+    emit(args, {"text": args.text, "random_init": result.random_init, "pngs": paths,
+                "similarity_range": [result.low, result.high]},
          "\n".join(paths))
     return 0
 

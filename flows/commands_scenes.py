@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillprep.scenes.errors import SceneError
+from distillprep.scenes.errors import ConfigError, DatasetNotFoundError
 
-from .cli_common import emit
+from .cli_common import add_dataset_argument, add_scene_argument, emit
 
 
 def add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic dataset with exact ground truth")
     p.add_argument("out", type=Path, help="output dataroot")
-    p.add_argument("--format", default="nuscenes", choices=["nuscenes"])
-    p.add_argument("--scenes", type=int, default=2)
+    from distillprep.scenes.synthetic.generate import WRITERS
+
+    p.add_argument("--format", default="nuscenes", choices=sorted(WRITERS))
+    p.add_argument("--scenes", type=int, default=2, help="how many scenes to generate")
     p.add_argument("--frames", type=int, default=10, help="keyframes per scene (2 Hz)")
     p.add_argument("--width", type=int, default=800)
     p.add_argument("--height", type=int, default=450)
@@ -49,8 +51,9 @@ def _run_synth(args) -> int:
 def add_scenes(sub) -> None:
     p = sub.add_parser("scenes", help="list the scenes of a dataset")
     p.add_argument("dataroot", type=Path)
-    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
+    add_dataset_argument(p)
     p.add_argument("--version", default=None, help="table folder (detected when only one)")
+    add_scene_argument(p)
     p.add_argument("--sweeps", action="store_true", help="count frames built from sweeps too")
     p.add_argument("--skip-bad", action="store_true",
                    help="report scenes that fail to read instead of stopping")
@@ -62,7 +65,7 @@ def _run_scenes(args) -> int:
     from distillprep.scenes.datasets import read_dataset
 
     read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
-                        sweeps=args.sweeps, skip_bad=args.skip_bad)
+                        scenes=args.scenes, sweeps=args.sweeps, skip_bad=args.skip_bad)
     report = {"dataroot": str(args.dataroot), "dataset": args.dataset, "version": read.version,
               "scenes": [s.summary() for s in read.scenes],
               "failures": [f.to_json() for f in read.failures]}
@@ -81,9 +84,9 @@ def add_preview(sub) -> None:
     p = sub.add_parser("preview", help="PNG of one frame: every camera with colour-mapped "
                        "depth (exact ground truth when the dataset has it, else LiDAR)")
     p.add_argument("dataroot", type=Path)
-    p.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
+    add_dataset_argument(p)
     p.add_argument("--version", default=None)
-    p.add_argument("--scene", default=None, help="scene id (default: the first)")
+    add_scene_argument(p, many=False)
     p.add_argument("--frame", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--json", action="store_true")
@@ -101,11 +104,11 @@ def _run_preview(args) -> int:
     read = read_dataset(args.dataset, str(args.dataroot), version=args.version,
                         scenes=None if args.scene is None else [args.scene])
     if not read.scenes:
-        raise SceneError(f"no scenes in {args.dataroot}")
+        raise DatasetNotFoundError(f"no scenes in {args.dataroot}")
     scene = read.scenes[0]
     if not 0 <= args.frame < len(scene.frames):
-        raise SceneError(f"scene {scene.scene_id!r} has {len(scene.frames)} frames; "
-                         f"--frame {args.frame} is out of range")
+        raise ConfigError(f"scene {scene.scene_id!r} has {len(scene.frames)} frames; "
+                          f"--frame {args.frame} is out of range")
     frame = scene.frames[args.frame]
     if has_ground_truth(args.dataroot):
         source = "exact ground-truth depth"

@@ -29,6 +29,9 @@ LIDAR = "LIDAR_TOP"
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT",
           "RADAR_BACK_RIGHT")
 KNOWN_CHANNELS = CAMERAS + (LIDAR,) + RADARS
+MAX_SWEEPS_BETWEEN_KEYFRAMES = 1000
+"""More sweeps than this between two keyframes (real: ~6 camera, ~10 LiDAR) means a
+damaged `next` chain."""
 TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map",
           "sample", "sample_annotation", "sample_data", "scene", "sensor", "visibility")
 
@@ -139,8 +142,13 @@ def _read_scene(nusc, root: Path, version: str, scene_record: dict, sweeps: bool
         raise SceneDataError(name, root / version / "scene.json", str(exc)) from None
     reader = _SceneReader(nusc, root, version, scene_id)
     frames = []
-    token = scene_record["first_sample_token"]
+    token, seen = scene_record["first_sample_token"], set()
     while token:
+        if token in seen:  # a damaged table: following it would never end
+            raise SceneDataError(scene_id, root / version / "sample.json",
+                                 f"the scene's chain of samples (`next`) loops back to sample "
+                                 f"{token} after {len(seen)} samples")
+        seen.add(token)
         sample = nusc.get("sample", token)
         frames.extend(reader.frames_of_sample(sample, sweeps))
         token = sample["next"]
@@ -190,6 +198,11 @@ class _SceneReader:
             chain = []
             sd = self.nusc.get("sample_data", sd_token)
             while sd["next"]:
+                if len(chain) > MAX_SWEEPS_BETWEEN_KEYFRAMES:
+                    raise self._error("sample_data.json", f"channel {channel}: more than "
+                                      f"{MAX_SWEEPS_BETWEEN_KEYFRAMES} sample_data records "
+                                      f"follow sample_data {sd_token} without reaching a "
+                                      "keyframe (a `next` chain that loops?)")
                 sd = self.nusc.get("sample_data", sd["next"])
                 if sd["is_key_frame"]:
                     break

@@ -2,10 +2,11 @@
 untrusted JSON into them or raise a named `StoreError`.
 
 - `StoreAttrs`: the root group's attributes (format, schema version, dataset, package).
-- `SceneAttrs`: a scene group's attributes (scene id, rig, sizes, source files with
-  sizes and checksums, and a `StageRecord` for every stage that has filled it).
-- `CommitRecord`: the commit marker of a scene, written last; a scene without one does
-  not exist for readers.
+- `SceneAttrs`: the attributes of a scene's ingest group (scene id, rig, sizes, source
+  files with sizes and checksums).
+- `CommitRecord`: the commit of one stage of one scene, written last: what was written
+  (arrays with checksums, the manifest part), its content fingerprint and its typed
+  provenance (`provenance.py`). A stage without one does not exist for readers.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from distillprep.scenes.errors import InvalidSceneIdError
 from distillprep.scenes.ids import validate_scene_id
 
 from .errors import MetadataError, SchemaVersionError
+from .provenance import StageRecord
 from .spec import Stage
 
 STORE_FORMAT = "distillprep-store"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""Versions read as they are: 2 replaced version 1's single `features` stage, which no
-release ever filled, by one stage per feature family and added arrays, so every version-1
-store is a valid version-2 store."""
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (3,)
+MIGRATABLE_VERSIONS = (1, 2)
+"""Versions `distillprep migrate` upgrades in place: 3 gave every stage its own group and
+commit (a stage no longer rewrites the scene) and put the LiDAR points into the store."""
 
 
 class _Model(BaseModel):
@@ -44,19 +46,6 @@ class SourceFile(_Model):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the content")
 
 
-class StageRecord(_Model):
-    """Provenance of one stage's outputs in a scene."""
-
-    stage: Stage = Field(description="which stage")
-    config: dict[str, Any] = Field(description="the stage's full configuration")
-    config_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the config")
-    package_version: str = Field(description="distillprep version that ran it")
-    finished_at: datetime = Field(description="when the stage finished (UTC)")
-    wall_time_s: float = Field(ge=0, description="seconds the stage took for this scene")
-    extra: dict[str, Any] = Field(default_factory=dict,
-                                  description="stage-specific facts (backend, weights, ...)")
-
-
 class StoreAttrs(_Model):
     """Attributes of the store's root group."""
 
@@ -69,19 +58,20 @@ class StoreAttrs(_Model):
 
 
 class SceneAttrs(_Model):
-    """Attributes of one scene group."""
+    """Attributes of a scene's ingest group: what the scene is."""
 
     scene_id: str = Field(description="safe scene id (also the group name)")
     dataset: str = Field(description="source dataset kind")
     dataset_version: str = Field(description="source dataset version, e.g. v1.0-mini")
     created: datetime = Field(description="when this version of the scene was written (UTC)")
     cameras: list[str] = Field(min_length=1, description="camera names; camera_index points here")
+    lidars: list[str] = Field(default_factory=list,
+                              description="LiDAR names; lidar_sensor_index points here")
     width: int = Field(gt=0, description="image width W, pixels")
     height: int = Field(gt=0, description="image height H, pixels")
     num_samples: int = Field(gt=0, description="camera samples N")
     num_frames: int = Field(gt=0, description="frames F")
     source_files: list[SourceFile] = Field(min_length=1, description="inputs with checksums")
-    stages: dict[str, StageRecord] = Field(description="stage name -> provenance")
 
     @field_validator("scene_id")
     @classmethod
@@ -102,20 +92,44 @@ class ArrayRecord(_Model):
 
 
 class CommitRecord(_Model):
-    """The commit marker of a scene, written after all its data and its manifest part."""
+    """The commit of one stage of one scene, written after its arrays and manifest part:
+    `commits/<scene_id>/<stage>/<sequence>.json`; the highest sequence is the stage's
+    current commit."""
 
     scene_id: str = Field(description="the scene committed")
+    stage: Stage = Field(description="the stage committed")
+    sequence: int = Field(ge=1, description="1 for the stage's first commit, then +1 each")
     attempt: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$",
-                         description="data folder of this write: scenes/<scene_id>/<attempt>")
+                         description="data folder: scenes/<scene_id>/<stage>/<attempt>")
     schema_version: int = Field(description="schema version of the data")
     committed_at: datetime = Field(description="commit time (UTC)")
-    num_samples: int = Field(gt=0, description="manifest rows of the scene")
-    manifest: str = Field(description="key of the scene's manifest part")
+    num_samples: int = Field(gt=0, description="camera samples N of the scene")
+    manifest: str = Field(description="key of this stage's manifest part")
     manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="its SHA-256")
     arrays: dict[str, ArrayRecord] = Field(description="array name -> what was written")
+    content_sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+                                description="fingerprint of the arrays' contents (names and "
+                                "checksums): what later stages record as their input")
+    provenance: StageRecord = Field(description="how the stage made these outputs")
+
+    @field_validator("scene_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        try:
+            return validate_scene_id(value)
+        except InvalidSceneIdError as exc:
+            raise ValueError(str(exc)) from None
 
 
-def _parse(model: type[_Model], raw: Any, where: str) -> Any:
+def content_fingerprint(arrays: Mapping[str, ArrayRecord]) -> str:
+    """SHA-256 over the sorted array names and their content checksums: equal exactly when
+    the stage holds the same data (wherever and whenever it was written)."""
+    text = "\n".join(f"{name} {arrays[name].sha256}" for name in sorted(arrays))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_model(model: type[BaseModel], raw: Any, where: str) -> Any:
+    """`model` from untrusted JSON data, or a MetadataError naming `where` and each field."""
     if not isinstance(raw, Mapping):
         raise MetadataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     try:
@@ -126,37 +140,48 @@ def _parse(model: type[_Model], raw: Any, where: str) -> Any:
         raise MetadataError(f"{where}: {problems}") from None
 
 
-def check_schema_version(version: Any, where: str) -> None:
+def parse_json(data: bytes, where: str) -> Any:
+    """JSON from bytes, or a MetadataError naming the object."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"{where}: not valid JSON: {exc}") from None
+
+
+def check_schema_version(version: Any, where: str, location: str = "STORE") -> None:
     """Raise SchemaVersionError with what to do when `version` is not readable as is."""
     if not isinstance(version, int):
         raise SchemaVersionError(f"{where}: schema_version {version!r} is not an integer")
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"{where}: schema version {version} is newer than this "
                                  f"distillprep reads ({SCHEMA_VERSION}); upgrade distillprep")
-    if version < SCHEMA_VERSION and version not in READABLE_VERSIONS:
-        # No released version predates 1: there is nothing to migrate from yet. A future
-        # version adds its step to MIGRATIONS and `distillprep migrate` applies them.
-        raise SchemaVersionError(f"{where}: schema version {version} is older than "
-                                 f"{SCHEMA_VERSION} and has no migration; re-run "
-                                 "`distillprep ingest --force` to rebuild the store")
+    if version in MIGRATABLE_VERSIONS:
+        raise SchemaVersionError(f"{where}: schema version {version}, this distillprep reads "
+                                 f"{SCHEMA_VERSION}: upgrade the store in place with "
+                                 f"`distillprep migrate {location}`")
+    if version not in READABLE_VERSIONS:
+        raise SchemaVersionError(f"{where}: schema version {version} is not one this "
+                                 "distillprep reads or migrates; rebuild the store with "
+                                 "`distillprep ingest --force`")
 
 
-def parse_store_attrs(raw: Any, where: str = "store attributes") -> StoreAttrs:
+def parse_store_attrs(raw: Any, where: str = "store attributes",
+                      location: str = "STORE") -> StoreAttrs:
     if isinstance(raw, Mapping) and raw.get("format") != STORE_FORMAT:
         raise MetadataError(f"{where}: format is {raw.get('format')!r}, not {STORE_FORMAT!r}")
     if isinstance(raw, Mapping):
-        check_schema_version(raw.get("schema_version"), where)
-    return _parse(StoreAttrs, raw, where)
+        check_schema_version(raw.get("schema_version"), where, location)
+    return parse_model(StoreAttrs, raw, where)
 
 
 def parse_scene_attrs(raw: Any, where: str = "scene attributes") -> SceneAttrs:
-    return _parse(SceneAttrs, raw, where)
+    return parse_model(SceneAttrs, raw, where)
 
 
 def parse_commit(raw: Any, where: str = "commit record") -> CommitRecord:
-    record = _parse(CommitRecord, raw, where)
-    check_schema_version(record.schema_version, where)
-    return record
+    if isinstance(raw, Mapping) and isinstance(raw.get("schema_version"), int):
+        check_schema_version(raw["schema_version"], where)
+    return parse_model(CommitRecord, raw, where)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -1,27 +1,55 @@
-"""The store's error hierarchy: every problem with a store is a `StoreError`."""
+"""The store's error hierarchy: every problem with a store is a `StoreError`, itself a
+`DistillprepError` (`scenes/errors.py`), so each says whether retrying can help."""
 
 from __future__ import annotations
 
+from distillprep.scenes.errors import (
+    EXIT_USAGE,
+    ConflictError,
+    DataError,
+    DistillprepError,
+    TransientError,
+)
 
-class StoreError(Exception):
-    """Base class of every store problem."""
+
+class StoreError(DistillprepError):
+    """Base class of every store problem (by default: bad data, do not retry)."""
 
 
 class NotAStoreError(StoreError):
     """The path or URL holds no distillprep store."""
 
-
-class SchemaVersionError(StoreError):
-    """The store was written with a schema version this code cannot read as is."""
-
-
-class MetadataError(StoreError):
-    """Attributes or commit records that do not parse into their typed models."""
+    exit_code = EXIT_USAGE
+    kind = "bad-usage"
 
 
-class SceneIncompleteError(StoreError):
-    """A scene was asked for that has no commit (absent, or its writer did not finish)."""
+class SchemaVersionError(StoreError, DataError):
+    """The store was written with a schema version this code cannot read as is; the
+    message says what to run (`distillprep migrate`, or upgrade distillprep)."""
 
 
-class SchemaViolationError(StoreError):
+class MetadataError(StoreError, DataError):
+    """Attributes, commit records or run files that do not parse into their typed models."""
+
+
+class SceneIncompleteError(StoreError, DataError):
+    """A scene or stage was asked for that has no commit (absent, or never finished)."""
+
+
+class SchemaViolationError(StoreError, DataError):
     """Data that breaks the schema: wrong shape, dtype or value range."""
+
+
+class StoreIOError(StoreError, TransientError):
+    """Reading or writing the store's objects failed (a file system or object-store
+    error): running the step again may succeed."""
+
+
+class CommitConflictError(StoreError, ConflictError):
+    """Another writer committed the same stage of the same scene first: this writer's
+    outputs were discarded, the other's stand."""
+
+
+class InputsChangedError(StoreError, ConflictError):
+    """The outputs a stage was computed from were replaced while it ran (the scene
+    re-ingested, the teacher rendered again): nothing was committed; run it again."""

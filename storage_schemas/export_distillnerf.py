@@ -188,7 +188,7 @@ def sky_mask(depth: np.ndarray, opacity: np.ndarray | None, sky_opacity: float) 
 
 
 def _check_teacher_arrays(store: Store, scene_id: str) -> None:
-    present = set(store.group(scene_id).array_keys())
+    present = set(store.scene(scene_id).array_names())
     missing = [name for name in TEACHER_ARRAYS if name not in present]
     if len(missing) == len(TEACHER_ARRAYS):
         raise StoreError(f"scene {scene_id!r} in store {store.location.location} has no "
@@ -214,8 +214,8 @@ def _pose_matches_folder(source_c2w: np.ndarray, view_c2w: np.ndarray,
 
 def _export_scene(store: Store, scene_id: str, out: Path, include_moved: bool,
                   sky_opacity: float, report: ExportReport, seen: set[str]) -> None:
-    group = store.group(scene_id)
-    arrays = {name: group[name] for name in group.array_keys()}
+    view = store.scene(scene_id)
+    arrays = {name: view[name] for name in view.array_names()}
     rows = store.manifest([scene_id]).select(["sample_index", "source_file"]).to_pylist()
     sources = {int(r["sample_index"]): str(r["source_file"]) for r in rows}
 

@@ -1,6 +1,13 @@
-"""Ingest: the first pipeline step. Writes every scene's real-camera images (the source
-JPEG bytes), intrinsics, poses, timestamps and LiDAR-projected sparse depth into a store,
-scene by scene; finished scenes are skipped unless forced."""
+"""Ingest: the first pipeline step, and the only one that reads the dataset. Writes every
+scene's real-camera images (the source JPEG bytes), intrinsics, poses, timestamps,
+LiDAR-projected sparse depth, and every LiDAR sweep's points with its own pose and time
+into a store, scene by scene: everything a later stage needs, so that none of them reads
+the dataroot again.
+
+`ingest_scene` is the stage's job: idempotent (a scene committed with the same config and
+code version is skipped unless forced) and reports which later stages a changed scene
+made stale.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +16,72 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
 from distillprep.scenes.errors import SceneDataError, SceneError
+from distillprep.scenes.geometry import transform_points
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import sparse_depth_map
 
-from .attrs import CommitRecord, SceneAttrs, SourceFile, StageRecord, config_hash
-from .manifest import SAMPLE_ARRAYS, depth_stats
-from .spec import ARRAYS, FEATURE_FAMILIES
+from .attrs import CommitRecord, SceneAttrs, SourceFile, config_hash
+from .manifest import SAMPLE_ARRAYS, STAGE_COLUMNS, depth_stats
+from .provenance import IngestProvenance
+from .spec import ARRAYS
 from .store import Store, chunk_layout, package_version
+
+CODE_VERSION = 1
+"""Version of what ingest writes (bumped when its outputs change meaning)."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How scenes are read into the store (its hash says whether a scene is done)."""
+
+    dataset: str = "nuscenes"
+    """The dataset reader (`scenes.datasets.READERS`)."""
+    version: str = ""
+    """The dataset's version, e.g. v1.0-mini (as the reader found it)."""
+    sweeps: bool = False
+    """Also ingest the frames between keyframes (camera and LiDAR sweeps): what a teacher
+    fits on, as EmerNeRF does."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What `ingest_scene` did for one scene."""
+
+    scene_id: str
+    """The scene."""
+    status: Literal["written", "skipped"]
+    """written: committed now; skipped: already committed with this config."""
+    commit: CommitRecord
+    """The scene's current ingest commit."""
+    stale_stages: list[str] = field(default_factory=list)
+    """Later stages whose outputs the new version made stale (the content changed)."""
+    wall_time_s: float = 0.0
+    """Seconds this call took."""
 
 
 @dataclass
 class IngestReport:
-    """What one `ingest` run did."""
+    """What one `ingest` run over many scenes did."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    stale: dict[str, list[str]] = field(default_factory=dict)
+    """Scene -> later stages made stale by its new content."""
 
     def to_json(self) -> dict:
-        return {"written": self.written, "skipped": self.skipped, "failed": self.failed}
+        return {"written": self.written, "skipped": self.skipped, "failed": self.failed,
+                "stale": self.stale}
 
 
 def _file_record(path: str, dataroot: str, data: bytes | None = None) -> SourceFile:
@@ -45,17 +90,61 @@ def _file_record(path: str, dataroot: str, data: bytes | None = None) -> SourceF
                       sha256=hashlib.sha256(data).hexdigest())
 
 
+def _lidar_arrays(scene: Scene) -> tuple[dict[str, np.ndarray], list[str],
+                                         dict[int, np.ndarray], list[SourceFile]]:
+    """The scene's LiDAR sweeps as store arrays, the LiDAR names, each frame's returns in
+    world (P_f, 3) for the sparse depth maps, and the sweep files as sources."""
+    sensors: list[str] = []
+    points, intensity, counts, poses, times, frames, keys, index = [], [], [], [], [], [], [], []
+    world: dict[int, list[np.ndarray]] = {}
+    sources = []
+    for frame in scene.frames:
+        world[frame.index] = []
+        for sweep in frame.lidar:
+            local, strength = sweep.loader()
+            local = np.asarray(local, dtype=np.float32).reshape(-1, 3)
+            if sweep.sensor not in sensors:
+                sensors.append(sweep.sensor)
+            points.append(local)
+            intensity.append(np.asarray(strength, dtype=np.float32).reshape(-1))
+            counts.append(len(local))
+            poses.append(sweep.sensor_to_world)
+            times.append(sweep.timestamp_us)
+            frames.append(frame.index)
+            keys.append(sweep.is_keyframe)
+            index.append(sensors.index(sweep.sensor))
+            world[frame.index].append(transform_points(sweep.sensor_to_world,
+                                                       local.astype(np.float64)))
+            sources.append(_file_record(sweep.source_file, scene.dataroot))
+    arrays = {
+        "lidar_points": np.concatenate(points) if points else np.zeros((0, 3), np.float32),
+        "lidar_intensity": (np.concatenate(intensity) if intensity
+                            else np.zeros(0, np.float32)),
+        "lidar_sweep_points": np.array(counts, dtype=np.int64),
+        "lidar_sensor_to_world": (np.stack(poses).astype(np.float64) if poses
+                                  else np.zeros((0, 4, 4))),
+        "lidar_timestamp_us": np.array(times, dtype=np.int64),
+        "lidar_frame_index": np.array(frames, dtype=np.int32),
+        "lidar_is_keyframe": np.array(keys, dtype=np.uint8),
+        "lidar_sensor_index": np.array(index, dtype=np.int16),
+    }
+    returns = {f: np.concatenate(parts) if parts else np.zeros((0, 3))
+               for f, parts in world.items()}
+    return arrays, sensors, returns, sources
+
+
 def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], pa.Table,
-                                         list[SourceFile]]:
-    """Arrays, dimension sizes, manifest rows and source files of a scene's ingest stage."""
+                                         list[SourceFile], list[str]]:
+    """Arrays, dimension sizes, manifest rows, source files and LiDAR names of a scene's
+    ingest stage."""
     samples = scene.camera_samples
     if not samples:
         raise SceneDataError(scene.scene_id, None, "scene has no camera samples")
     width, height = samples[0].width, samples[0].height
     frame_of = {id(s): f.index for f in scene.frames for s in f.cameras.values()}
     cameras = list(scene.camera_names)
+    lidar, lidars, returns, lidar_sources = _lidar_arrays(scene)
     jpegs, depths, sources = [], [], []
-    lidar_cache: dict[int, np.ndarray] = {}
     for sample in samples:
         if (sample.width, sample.height) != (width, height):
             raise SceneDataError(scene.scene_id, sample.source_file,
@@ -69,12 +158,8 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
                                      f"{image.size[0]}x{image.size[1]}")
         jpegs.append(data)
         sources.append(_file_record(sample.source_file, scene.dataroot, data))
-        frame = frame_of[id(sample)]
-        if frame not in lidar_cache:
-            lidar_cache[frame] = scene.frames[frame].lidar_points().points
-        depths.append(sparse_depth_map(sample, lidar_cache[frame]))
-    for frame in scene.frames:
-        sources.extend(_file_record(s.source_file, scene.dataroot) for s in frame.lidar)
+        depths.append(sparse_depth_map(sample, returns[frame_of[id(sample)]]))
+    sources.extend(lidar_sources)
     longest = max(len(j) for j in jpegs)
     jpeg_array = np.zeros((len(samples), longest), dtype=np.uint8)
     for i, data in enumerate(jpegs):
@@ -91,8 +176,11 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
         "frame_index": np.array([frame_of[id(s)] for s in samples], dtype=np.int32),
         "ego_to_world": np.stack([f.ego_to_world for f in scene.frames]).astype(np.float64),
         "frame_timestamp_us": np.array([f.timestamp_us for f in scene.frames], dtype=np.int64),
+        "frame_is_keyframe": np.array([f.is_keyframe for f in scene.frames], dtype=np.uint8),
+        **lidar,
     }
-    dims = {"N": len(samples), "F": len(scene.frames), "H": height, "W": width, "J": longest}
+    dims = {"N": len(samples), "F": len(scene.frames), "H": height, "W": width, "J": longest,
+            "S": len(lidar["lidar_sweep_points"]), "P": len(lidar["lidar_points"])}
     _, shards = chunk_layout(ARRAYS["rgb_jpeg"], jpeg_array.shape)
     stats = [depth_stats(d) for d in depth]
     rows = {
@@ -111,47 +199,57 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
         "lidar_depth_min": [s[0] for s in stats],
         "lidar_depth_max": [s[1] for s in stats],
         "lidar_depth_valid_fraction": [s[2] for s in stats],
-        **{f"{family}_feature_norm_mean": [None] * len(samples) for family in FEATURE_FAMILIES},
-        "teacher_psnr": [None] * len(samples),
-        "teacher_lidar_abs_rel": [None] * len(samples),
-        "teacher_heldout": [None] * len(samples),
     }
     for name in SAMPLE_ARRAYS:
-        rows[f"has_{name}"] = [name in arrays] * len(samples)
-    return arrays, dims, pa.table(rows), sources
+        if f"has_{name}" in STAGE_COLUMNS["ingest"]:
+            rows[f"has_{name}"] = [name in arrays] * len(samples)
+    return arrays, dims, pa.table(rows), sources, lidars
 
 
-def ingest_scene(store: Store, scene: Scene, config: dict) -> CommitRecord:
-    """Write one scene's ingest arrays and commit them."""
+def ingest_scene(store: Store, scene: Scene, config: IngestConfig,
+                 force: bool = False) -> IngestResult:
+    """Write one scene's ingest stage and commit it; a scene already committed with the
+    same config and code version is skipped unless `force`."""
     start = time.perf_counter()
-    arrays, dims, manifest, sources = scene_payload(scene)
-    record = StageRecord(stage="ingest", config=config, config_hash=config_hash(config),
-                         package_version=package_version(), finished_at=datetime.now(UTC),
-                         wall_time_s=time.perf_counter() - start,
-                         extra={"dataroot": scene.dataroot})
+    settings = asdict(config)
+    head = store.head(scene.scene_id, "ingest")
+    if (head is not None and not force and head.provenance.config_hash == config_hash(settings)
+            and head.provenance.code_version == CODE_VERSION):
+        return IngestResult(scene.scene_id, "skipped", head)
+    before = store.scene(scene.scene_id) if head is not None else None
+    arrays, dims, manifest, sources, lidars = scene_payload(scene)
+    provenance = IngestProvenance(
+        stage="ingest", config=settings, config_hash=config_hash(settings),
+        code_version=CODE_VERSION, package_version=package_version(),
+        finished_at=datetime.now(UTC), wall_time_s=time.perf_counter() - start,
+        reader=config.dataset, dataroot=scene.dataroot, sweeps=config.sweeps)
     attrs = SceneAttrs(scene_id=scene.scene_id, dataset=scene.dataset,
-                       dataset_version=str(scene.metadata.get("version", "")),
-                       created=datetime.now(UTC),
-                       cameras=list(scene.camera_names), width=dims["W"], height=dims["H"],
-                       num_samples=dims["N"], num_frames=dims["F"], source_files=sources,
-                       stages={"ingest": record})
-    return store.write_scene(attrs, arrays, manifest, dims)
+                       dataset_version=str(scene.metadata.get("version", config.version)),
+                       created=datetime.now(UTC), cameras=list(scene.camera_names),
+                       lidars=lidars, width=dims["W"], height=dims["H"],
+                       num_samples=dims["N"], num_frames=dims["F"], source_files=sources)
+    record = store.write_scene(attrs, arrays, manifest, provenance,
+                               expect_sequence=head.sequence if head else 0)
+    stale = []
+    if before is not None:
+        stale = sorted(set(before.commits) - set(store.scene(scene.scene_id).commits))
+    return IngestResult(scene.scene_id, "written", record, stale, time.perf_counter() - start)
 
 
-def ingest(store: Store, scenes: Iterable[Scene], config: dict, force: bool = False,
+def ingest(store: Store, scenes: Iterable[Scene], config: IngestConfig, force: bool = False,
            progress: Callable[[Iterable], Iterable] | None = None) -> IngestReport:
-    """Ingest scenes into `store`; committed scenes are skipped unless `force`."""
+    """Ingest scenes into `store`; committed scenes are skipped unless `force`. A scene
+    whose data is bad is reported in `failed` and the others go on."""
     report = IngestReport()
-    done = set(store.scenes())
     scenes = list(scenes)
     for scene in progress(scenes) if progress else scenes:
-        if scene.scene_id in done and not force:
-            report.skipped.append(scene.scene_id)
-            continue
         try:
-            ingest_scene(store, scene, config)
+            result = ingest_scene(store, scene, config, force)
         except SceneError as exc:
             report.failed[scene.scene_id] = str(exc)
             continue
-        report.written.append(scene.scene_id)
+        (report.written if result.status == "written" else report.skipped).append(
+            scene.scene_id)
+        if result.stale_stages:
+            report.stale[scene.scene_id] = result.stale_stages
     return report

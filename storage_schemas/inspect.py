@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from distillprep.scenes.preview import colorize_depth, dilate_sparse
 
@@ -23,19 +23,22 @@ def summarize(store: Store, scene_ids: list[str] | None = None) -> dict[str, Any
     arrays: dict[str, dict[str, float]] = {}
     scenes = []
     for scene_id in scene_ids:
-        record = store.commit(scene_id)
-        attrs = store.scene_attrs(scene_id)
-        for name, written in record.arrays.items():
-            entry = arrays.setdefault(name, {"raw_bytes": 0, "stored_bytes": 0})
-            entry["raw_bytes"] += int(np.prod(written.shape)) * np.dtype(written.dtype).itemsize
-            entry["stored_bytes"] += written.stored_bytes
+        view = store.scene(scene_id)
+        attrs = view.attrs
+        for record in view.commits.values():
+            for name, written in record.arrays.items():
+                entry = arrays.setdefault(name, {"raw_bytes": 0, "stored_bytes": 0})
+                entry["raw_bytes"] += (int(np.prod(written.shape))
+                                       * np.dtype(written.dtype).itemsize)
+                entry["stored_bytes"] += written.stored_bytes
         scenes.append({"scene_id": scene_id, "samples": attrs.num_samples,
                        "frames": attrs.num_frames, "image_size": [attrs.width, attrs.height],
                        "stages": {name: {"finished_at": rec.finished_at.isoformat(),
                                          "config_hash": rec.config_hash[:12],
                                          "package_version": rec.package_version,
-                                         **_stage_figures(rec.extra)}
-                                  for name, rec in attrs.stages.items()}})
+                                         **_stage_figures(rec.model_dump(mode="json"))}
+                                  for name, rec in view.stages().items()},
+                       "stale": dict(view.stale)})
     for entry in arrays.values():
         entry["compression_ratio"] = round(entry["raw_bytes"] / max(1, entry["stored_bytes"]), 2)
     manifest = store.manifest(scene_ids)
@@ -66,9 +69,22 @@ def _fit_height(tile: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(tile).resize((width, height), Image.NEAREST))
 
 
-def _save_row(tiles: list[np.ndarray], path: Path) -> Path:
-    height = tiles[0].shape[0]
-    Image.fromarray(np.concatenate([_fit_height(t, height) for t in tiles], axis=1)).save(path)
+LABEL_HEIGHT = 14
+"""Pixels of the caption band above each preview panel."""
+
+
+def labelled(tile: np.ndarray, text: str) -> np.ndarray:
+    """The tile (h, w, 3) uint8 with a black caption band above it naming what it shows."""
+    band = Image.new("RGB", (tile.shape[1], LABEL_HEIGHT), (0, 0, 0))
+    ImageDraw.Draw(band).text((3, 1), text, fill=(255, 255, 255))
+    return np.concatenate([np.asarray(band), tile], axis=0)
+
+
+def _save_row(tiles: list[tuple[str, np.ndarray]], path: Path) -> Path:
+    """Panels (caption, image) side by side, each captioned, at the first one's height."""
+    height = tiles[0][1].shape[0]
+    Image.fromarray(np.concatenate([labelled(_fit_height(t, height), text)
+                                    for text, t in tiles], axis=1)).save(path)
     return path
 
 
@@ -85,6 +101,10 @@ def _stage_figures(extra: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+FAMILY_NAMES = {"dino": "DINOv2", "clip": "CLIP"}
+"""How preview captions name each feature family."""
+
+
 def feature_preview(features: np.ndarray) -> np.ndarray:
     """(C, h, w) PCA-reduced features -> (h, w, 3) uint8: the first three principal
     channels as RGB, each stretched between its 2nd and 98th percentile."""
@@ -99,8 +119,9 @@ def write_previews(store: Store, scene_id: str, out_dir: str | Path,
                    samples: int = 6) -> list[Path]:
     """PNGs of the first `samples` camera samples of a scene: RGB beside colour-mapped
     LiDAR depth (then the first three PCA channels of each feature family, and teacher
-    depth and opacity, when those stages have run), and one PNG per
-    virtual view of those samples (RGB beside its depth). Returns their paths."""
+    depth and opacity, when those stages have run), and one PNG per virtual view of those
+    samples (RGB beside its depth); every panel is captioned with what it shows. Returns
+    their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reader = SceneReader(store, scene_id)
@@ -110,27 +131,30 @@ def write_previews(store: Store, scene_id: str, out_dir: str | Path,
         if sample["sample_index"] >= samples:
             break
         cameras[sample["sample_index"]] = sample["camera"]
-        tiles = [sample["rgb"],
-                 colorize_depth(dilate_sparse(sample["lidar_depth"].astype(np.float32), 1))]
-        tiles += [feature_preview(sample[f"{family}_features"]) for family in FEATURE_FAMILIES
-                  if f"{family}_features" in sample]
+        tiles = [("RGB", sample["rgb"]),
+                 ("LiDAR depth", colorize_depth(dilate_sparse(
+                     sample["lidar_depth"].astype(np.float32), 1)))]
+        tiles += [(f"{FAMILY_NAMES[family]} PCA", feature_preview(sample[f"{family}_features"]))
+                  for family in FEATURE_FAMILIES if f"{family}_features" in sample]
         if "teacher_depth" in sample:
-            tiles.append(colorize_depth(sample["teacher_depth"].astype(np.float32)))
+            tiles.append(("teacher depth",
+                          colorize_depth(sample["teacher_depth"].astype(np.float32))))
             opacity = sample["teacher_opacity"].astype(np.float32)
-            tiles.append(np.repeat((np.clip(opacity, 0, 1) * 255).astype(np.uint8)[..., None],
-                                   3, axis=-1))
+            tiles.append(("teacher opacity", np.repeat(
+                (np.clip(opacity, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)))
         path = out_dir / f"{scene_id}_{sample['sample_index']:05d}_{sample['camera']}.png"
         paths.append(_save_row(tiles, path))
-    group = store.group(scene_id)
-    if "virtual_source_sample" in group.array_keys():
-        source = group["virtual_source_sample"][...]
-        offsets = group["virtual_offset"][...]
+    view = reader.view
+    if "virtual_source_sample" in view:
+        source = view["virtual_source_sample"][...]
+        offsets = view["virtual_offset"][...]
         for v in np.flatnonzero(source < samples):
             name = "_".join(f"{x:g}" for x in offsets[v])
             path = out_dir / (f"{scene_id}_{int(source[v]):05d}_{cameras[int(source[v])]}"
                               f"_virtual_{name}.png")
-            depth = group["virtual_depth"][int(v)].astype(np.float32)
-            paths.append(_save_row([group["virtual_rgb"][int(v)], colorize_depth(depth)], path))
+            depth = view["virtual_depth"][int(v)].astype(np.float32)
+            paths.append(_save_row([("virtual RGB", view["virtual_rgb"][int(v)]),
+                                    ("virtual depth", colorize_depth(depth))], path))
     return paths
 
 
@@ -148,6 +172,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for scene in summary["scenes"]:
         lines.append(f"  {scene['scene_id']:<16}{scene['samples']:>5} samples  stages: "
                      + ", ".join(scene["stages"]))
+        for stage, why in scene["stale"].items():
+            lines.append(f"    {stage}: STALE, not shown to readers ({why})")
         for stage, info in scene["stages"].items():
             figures = {k: v for k, v in info.items()
                        if k not in ("finished_at", "config_hash", "package_version")}

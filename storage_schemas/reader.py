@@ -19,9 +19,9 @@ import zarr.api.asynchronous
 from PIL import Image
 from zarr.core.sync import sync
 
-from .attrs import parse_scene_attrs
 from .errors import SchemaViolationError
 from .manifest import SAMPLE_ARRAYS
+from .spec import ARRAYS
 from .store import Store, open_store
 
 # Arrays indexed by sample, read with every sample (JPEG bytes come back decoded as `rgb`).
@@ -39,14 +39,15 @@ def decode_jpeg(data: np.ndarray, nbytes: int, where: str) -> np.ndarray:
 
 
 class SceneReader:
-    """One committed scene of a store, its small tables cached in memory."""
+    """One committed scene of a store (its current stages), small tables cached in memory."""
 
     def __init__(self, store: Store, scene_id: str):
         self.store, self.scene_id = store, scene_id
+        self.view = store.scene(scene_id)
+        self.attrs = self.view.attrs
         # Everything opened once and concurrently (a lookup by name reads an array's
         # metadata again); per-sample arrays stay open for concurrent block reads.
-        attributes, tables, self.sample_arrays = sync(self._open(store.group_path(scene_id)))
-        self.attrs = parse_scene_attrs(attributes, f"scene {scene_id!r} attributes")
+        tables, self.sample_arrays = sync(self._open())
         self.ego_to_world = tables.pop("ego_to_world")
         self.jpeg_nbytes = tables.pop("rgb_jpeg_nbytes")
         self.tables = tables
@@ -54,17 +55,22 @@ class SceneReader:
     def __len__(self) -> int:
         return self.attrs.num_samples
 
-    async def _open(self, path: str):
-        group = await zarr.api.asynchronous.open_group(
-            store=self.store.location.zarr_store(), path=path, mode="r")
-        names = [name async for name in group.array_keys()]
-        arrays = dict(zip(names, await asyncio.gather(*(group.getitem(n) for n in names)),
-                          strict=True))
+    async def _open(self):
+        names = [n for n in self.view.array_names()
+                 if n in SAMPLE_ARRAYS or n in (*_PER_SAMPLE_TABLES, "ego_to_world",
+                                                "rgb_jpeg_nbytes")]
+        zarr_store = self.store.location.zarr_store()
+        groups = {}
+        for stage in {ARRAYS[n].stage for n in names}:
+            groups[stage] = await zarr.api.asynchronous.open_group(
+                store=zarr_store, path=self.view.group_path(stage), mode="r")
+        arrays = dict(zip(names, await asyncio.gather(
+            *(groups[ARRAYS[n].stage].getitem(n) for n in names)), strict=True))
         small = (*_PER_SAMPLE_TABLES, "ego_to_world", "rgb_jpeg_nbytes")
         values = await asyncio.gather(*(arrays[n].getitem(Ellipsis) for n in small))
         tables = {n: np.asarray(v) for n, v in zip(small, values, strict=True)}
         samples = {n: arrays[n] for n in SAMPLE_ARRAYS if n in arrays}
-        return dict(group.attrs), tables, samples
+        return tables, samples
 
     def _assemble(self, index: int, block: dict[str, np.ndarray], offset: int) -> dict[str, Any]:
         where = f"scene {self.scene_id!r}, sample {index}"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .attrs import SCHEMA_MODELS, SCHEMA_VERSION
+from .feature_runs import FeatureRun
 from .spec import ARRAYS, ArraySpec
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -16,8 +17,8 @@ SCHEMA_DIR = Path(__file__).parent / "json"
 
 def generated() -> dict[str, str]:
     """File name -> content of every schema file, as the code defines them now."""
-    files = {f"{name}.schema.json": model.model_json_schema()
-             for name, model in SCHEMA_MODELS.items()}
+    models = {**SCHEMA_MODELS, "feature_run": FeatureRun}
+    files = {f"{name}.schema.json": model.model_json_schema() for name, model in models.items()}
     files["array_spec.schema.json"] = ArraySpec.model_json_schema()
     files["arrays.json"] = {"schema_version": SCHEMA_VERSION,
                             "arrays": [spec.model_dump(mode="json") for spec in ARRAYS.values()]}

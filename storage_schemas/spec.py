@@ -3,12 +3,20 @@
 Dimension letters in shape patterns:
 - N camera samples of the scene (frame-major, camera order of the scene's rig);
 - F frames; V virtual views; H, W image size; J longest JPEG of the scene in bytes;
+- S LiDAR sweeps of the scene, P LiDAR points of all its sweeps together;
 - Ht, Wt teacher render size; Hv, Wv virtual view size;
 - per feature family f (`dino`, `clip`): C_f feature channels after PCA, h_f, w_f the
   feature grid of a real image, hv_f, wv_f that of a virtual view, D_f the model's full
   feature width before PCA.
-Each chunk holds one sample (one camera image, one virtual view) or, for small per-sample
-tables such as poses, the whole array; the sharding codec packs chunks into shards.
+Each chunk holds one sample (one camera image, one virtual view), a fixed number of rows
+of a long table (LiDAR points), or, for small tables such as poses, the whole array; the
+sharding codec packs chunks into shards.
+
+Every array belongs to one stage, and each stage's arrays live in their own group and are
+committed on their own (`store.py`): a stage never rewrites another's arrays.
+`STAGE_INPUTS` says which stages' outputs a stage is computed from, so that a stage
+whose inputs changed since (the scene re-ingested, the teacher rendered again) is
+recognised as stale.
 """
 
 from __future__ import annotations
@@ -18,6 +26,23 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Stage = Literal["ingest", "teacher", "dino_features", "clip_features"]
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "teacher": ("ingest",),
+    "dino_features": ("ingest", "teacher"),
+    "clip_features": ("ingest", "teacher"),
+}
+"""Stage -> the stages whose committed outputs it is computed from (features read the
+teacher's virtual views when there are any)."""
+STAGES: tuple[str, ...] = tuple(STAGE_INPUTS)
+"""Every stage, in pipeline order."""
+STAGE_COMMANDS: dict[str, str] = {
+    "ingest": "distillprep ingest",
+    "teacher": "distillprep teacher fit / teacher render",
+    "dino_features": "distillprep features --model dinov2-...",
+    "clip_features": "distillprep features --model clip-...",
+}
+"""Stage -> the command that fills it (for messages that say what to run)."""
 Codec = Literal["zstd-1", "zstd-3", "blosc-lz4-shuffle", "none"]
 
 
@@ -35,14 +60,23 @@ class ArraySpec(BaseModel):
         default=None, description="inclusive [min, max] of valid values, or null")
     stage: Stage = Field(description="the pipeline stage that fills it")
     per_sample: bool = Field(description="chunked one sample per chunk along axis 0 (else "
-                             "one chunk for the whole array)")
+                             "one chunk for the whole array, or chunk_rows rows)")
+    chunk_rows: int | None = Field(default=None, gt=0, description="rows per chunk along "
+                                   "axis 0 for a long table that is not per sample (LiDAR "
+                                   "points); null: per_sample decides")
     codec: Codec = Field(description="compression, chosen by measurement (README)")
     description: str = Field(description="one line for people")
 
 
-def _a(name, dtype, shape, units, value_range, stage, per_sample, codec, description):
+def _a(name, dtype, shape, units, value_range, stage, per_sample, codec, description,
+       chunk_rows=None):
     return ArraySpec(name=name, dtype=dtype, shape=shape, units=units, value_range=value_range,
-                     stage=stage, per_sample=per_sample, codec=codec, description=description)
+                     stage=stage, per_sample=per_sample, codec=codec, description=description,
+                     chunk_rows=chunk_rows)
+
+
+LIDAR_CHUNK_ROWS = 65536
+"""LiDAR points per chunk: 768 KiB of float32 xyz, about two nuScenes sweeps."""
 
 
 ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
@@ -66,6 +100,25 @@ ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
        "ego pose at each frame's timestamp"),
     _a("frame_timestamp_us", "int64", ("F",), "us", (0, 2**62), "ingest", False, "zstd-1",
        "reference time of each frame, strictly increasing"),
+    _a("frame_is_keyframe", "uint8", ("F",), "", (0, 1), "ingest", False, "zstd-1",
+       "1 for annotated keyframes, 0 for frames built from sweeps"),
+    _a("lidar_points", "float32", ("P", 3), "m", None, "ingest", False, "zstd-1",
+       "every LiDAR return of the scene as the dataset stores it: x, y, z in its sweep's "
+       "sensor frame, sweep after sweep", LIDAR_CHUNK_ROWS),
+    _a("lidar_intensity", "float32", ("P",), "", None, "ingest", False, "zstd-1",
+       "return intensity, as the dataset stores it", LIDAR_CHUNK_ROWS),
+    _a("lidar_sweep_points", "int64", ("S",), "", (0, 2**40), "ingest", False, "zstd-1",
+       "points of each sweep: sweep s holds rows sum(counts[:s]) .. + counts[s]"),
+    _a("lidar_sensor_to_world", "float64", ("S", 4, 4), "m", None, "ingest", False, "zstd-1",
+       "LiDAR frame -> world at each sweep's own time (its origin is the rays' origin)"),
+    _a("lidar_timestamp_us", "int64", ("S",), "us", (0, 2**62), "ingest", False, "zstd-1",
+       "time of each sweep"),
+    _a("lidar_frame_index", "int32", ("S",), "", (0, 2**31 - 1), "ingest", False, "zstd-1",
+       "the frame each sweep is assigned to"),
+    _a("lidar_is_keyframe", "uint8", ("S",), "", (0, 1), "ingest", False, "zstd-1",
+       "1 for a frame's keyframe sweep, 0 for sweeps between keyframes"),
+    _a("lidar_sensor_index", "int16", ("S",), "", (0, 63), "ingest", False, "zstd-1",
+       "index into the scene's `lidars` attribute"),
     _a("teacher_depth", "float16", ("N", "Ht", "Wt"), "m", (0.0, 65504.0), "teacher", True,
        "zstd-1", "neural-field expected depth for each real image"),
     _a("teacher_opacity", "float16", ("N", "Ht", "Wt"), "", (0.0, 1.0), "teacher", True,
@@ -155,3 +208,22 @@ def infer_dims(shapes: dict[str, tuple[int, ...]],
             dims.setdefault(letter, size)
             source.setdefault(letter, name)
     return dims, problems
+
+
+def stage_arrays(stage: str) -> tuple[str, ...]:
+    """Names of the arrays a stage fills, in schema order."""
+    return tuple(name for name, spec in ARRAYS.items() if spec.stage == stage)
+
+
+def optional_arrays(stage: str, has_views: bool) -> tuple[str, ...]:
+    """Arrays of a stage that a scene may lack: a feature family's virtual-view features
+    when the scene has no virtual views (no current teacher outputs)."""
+    if stage.endswith("_features") and not has_views:
+        return (stage.replace("_features", "_virtual_features"),)
+    return ()
+
+
+def required_arrays(stage: str, has_views: bool) -> tuple[str, ...]:
+    """Arrays a commit of `stage` must hold (has_views: the scene has virtual views)."""
+    optional = optional_arrays(stage, has_views)
+    return tuple(n for n in stage_arrays(stage) if n not in optional)

@@ -1,18 +1,27 @@
-"""The store: one zarr v3 hierarchy per prepared dataset, written scene by scene with an
-atomic commit per scene.
+"""The store: one zarr v3 hierarchy per prepared dataset, in which every stage of every
+scene is written and committed on its own.
 
 Layout (keys relative to the store root):
-    zarr.json                                 root group; attributes: StoreAttrs
-    scenes/<scene_id>/<attempt>/              one scene's group (SceneAttrs) and arrays
-    manifest/<scene_id>/<attempt>.parquet     the scene's manifest part
-    commits/<scene_id>.json                   CommitRecord: written last
+    zarr.json                                         root group; attributes: StoreAttrs
+    scenes/<scene_id>/<stage>/<attempt>/              one stage's zarr group and arrays
+    manifest/<scene_id>/<stage>/<attempt>.parquet     that stage's manifest columns
+    commits/<scene_id>/<stage>/<sequence>.json        CommitRecord, written last
 
-A write goes to a fresh `<attempt>` folder that no reader looks at; the commit record,
-one atomic object write, is what makes it visible, and only then is the previous attempt
-removed. A killed writer thus leaves the previous commit intact and at most an orphan
-attempt, which nothing reads and the next write of that scene removes. This holds on a
-local path and on object stores (no rename needed). Every shard belongs to one array of
-one attempt of one scene, so one writer owns it: no read-modify-write races.
+A commit writes only its own stage's arrays into a fresh `<attempt>` folder that no reader
+looks at, then its manifest part, then creates the commit record `<sequence>.json` with
+an exclusive create (one atomic object write that fails if the name exists): the highest
+sequence is the stage's current commit. So a killed writer leaves the previous commit
+intact; two stages committed to one scene at once both land (they share nothing); of two
+commits of the same stage started from the same state one wins and the other raises
+`CommitConflictError`. Only after its commit does a writer remove the data of the commits
+it superseded, never an attempt that no commit names (another writer's, in progress),
+unless it is older than `ABANDONED_AFTER`. This holds on a local path and on object
+stores (no rename needed). Every shard belongs to one array of one attempt: one writer
+owns it, so zarr's read-modify-write of shards can never race.
+
+Each commit records the content fingerprint of the commits it was computed from
+(`provenance.inputs`): a stage whose inputs were replaced since is stale and readers do
+not show it (`scene_view.SceneView`).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +51,33 @@ from .attrs import (
     ArrayRecord,
     CommitRecord,
     SceneAttrs,
-    StageRecord,
     StoreAttrs,
+    content_fingerprint,
     parse_commit,
-    parse_scene_attrs,
+    parse_json,
     parse_store_attrs,
 )
-from .backend import Location, is_temp_name
-from .errors import NotAStoreError, SceneIncompleteError, SchemaViolationError, StoreError
-from .manifest import MANIFEST_SCHEMA, SAMPLE_ARRAYS, from_parquet_bytes, to_parquet_bytes
-from .spec import ARRAYS, ArraySpec, infer_dims
+from .backend import TIME_FORMAT, Location, is_temp_name, started_at
+from .errors import (
+    CommitConflictError,
+    InputsChangedError,
+    NotAStoreError,
+    SceneIncompleteError,
+    SchemaViolationError,
+    StoreError,
+)
+from .manifest import STAGE_COLUMNS, part_schema, to_parquet_bytes
+from .provenance import StageRecord
+from .scene_view import SceneView, current_commits
+from .spec import ARRAYS, STAGES, ArraySpec, infer_dims, required_arrays
 
 SHARD_TARGET_BYTES = 32 * 2**20
 """Uncompressed bytes a shard aims for: tens of MB, so a million images are few files."""
 SHARD_MAX_CHUNKS = 64
 """At most this many samples a shard: reading larger shards got slower here (README)."""
+ABANDONED_AFTER = timedelta(hours=24)
+"""An attempt no commit names and older than this was left by a killed writer: no live
+writer takes this long between starting an attempt and committing it."""
 
 
 def package_version() -> str:
@@ -78,21 +99,39 @@ def compressors_for(spec: ArraySpec):
 
 
 def chunk_layout(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[tuple, tuple | None]:
-    """(chunks, shards) of an array: one sample per chunk, shards of ~SHARD_TARGET_BYTES;
-    small tables are a single chunk."""
-    if not spec.per_sample:
+    """(chunks, shards) of an array: one sample (or `chunk_rows` rows) per chunk, shards
+    of ~SHARD_TARGET_BYTES; small tables are a single chunk."""
+    if spec.chunk_rows is not None:
+        chunk = (spec.chunk_rows, *shape[1:])
+    elif spec.per_sample:
+        chunk = (1, *shape[1:])
+    else:
         return tuple(max(1, s) for s in shape), None
-    chunk = (1, *shape[1:])
     chunk_bytes = max(1, int(np.prod(chunk)) * np.dtype(spec.dtype).itemsize)
-    per_shard = int(min(max(1, shape[0]), SHARD_MAX_CHUNKS,
+    per_shard = int(min(max(1, -(-shape[0] // chunk[0])), SHARD_MAX_CHUNKS,
                         max(1, SHARD_TARGET_BYTES // chunk_bytes)))
-    return chunk, (per_shard, *shape[1:])
+    return chunk, (per_shard * chunk[0], *shape[1:])
 
 
 def array_sha256(data: np.ndarray) -> str:
     """SHA-256 of an array's C-order bytes (hashed in place, no copy)."""
     data = np.ascontiguousarray(data)
     return hashlib.sha256(memoryview(data).cast("B") if data.size else b"").hexdigest()
+
+
+def commit_key(scene_id: str, stage: str, sequence: int) -> str:
+    return f"commits/{scene_id}/{stage}/{sequence:08d}.json"
+
+
+def _parse_commit_key(key: str) -> tuple[str, str, int] | None:
+    """(scene, stage, sequence) of a key under commits/, or None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[1] not in STAGES or is_temp_name(parts[2]):
+        return None
+    name = parts[2]
+    if not name.endswith(".json") or not name[:-5].isdigit():
+        return None
+    return parts[0], parts[1], int(name[:-5])
 
 
 class Store:
@@ -106,166 +145,259 @@ class Store:
     def read_only(self) -> bool:
         return self.location.read_only
 
-    # -- reading ---------------------------------------------------------------------
-    def scenes(self) -> list[str]:
-        """Ids of the committed scenes, sorted."""
-        return sorted(name[: -len(".json")] for name in self.location.children("commits")
-                      if name.endswith(".json") and not name.startswith("."))
-
-    def commit(self, scene_id: str) -> CommitRecord | None:
-        """The scene's commit record, or None when the scene is not committed."""
+    # -- commits -----------------------------------------------------------------------
+    def sequences(self, scene_id: str) -> dict[str, list[int]]:
+        """Stage -> the sequence numbers of its commit records, ascending."""
         validate_scene_id(scene_id)
-        raw = self.location.get(f"commits/{scene_id}.json")
+        found: dict[str, list[int]] = {}
+        for key in self.location.find(f"commits/{scene_id}"):
+            parsed = _parse_commit_key(f"{scene_id}/{key}")
+            if parsed is not None:
+                found.setdefault(parsed[1], []).append(parsed[2])
+        return {stage: sorted(seqs) for stage, seqs in found.items()}
+
+    def read_commit(self, scene_id: str, stage: str, sequence: int) -> CommitRecord:
+        key = commit_key(scene_id, stage, sequence)
+        raw = self.location.get(key)
+        where = f"scene {scene_id!r}, stage {stage}: {key}"
         if raw is None:
-            return None
-        where = f"scene {scene_id!r}: commits/{scene_id}.json"
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{where}: not valid JSON: {exc}") from None
-        record = parse_commit(data, where)
-        if record.scene_id != scene_id:
-            raise StoreError(f"{where}: records scene {record.scene_id!r}, not {scene_id!r}")
+            raise SceneIncompleteError(f"{where} does not exist")
+        record = parse_commit(parse_json(raw, where), where)
+        if (record.scene_id, record.stage, record.sequence) != (scene_id, stage, sequence):
+            raise StoreError(f"{where}: records scene {record.scene_id!r}, stage "
+                             f"{record.stage}, sequence {record.sequence}")
         return record
 
-    def _committed(self, scene_id: str) -> CommitRecord:
-        record = self.commit(scene_id)
-        if record is None:
+    def heads(self, scene_id: str) -> dict[str, CommitRecord]:
+        """Stage -> its latest commit (current or stale) for every committed stage."""
+        return {stage: self.read_commit(scene_id, stage, seqs[-1])
+                for stage, seqs in self.sequences(scene_id).items()}
+
+    def head(self, scene_id: str, stage: str) -> CommitRecord | None:
+        """The stage's latest commit, or None."""
+        seqs = self.sequences(scene_id).get(stage)
+        return self.read_commit(scene_id, stage, seqs[-1]) if seqs else None
+
+    def scenes(self) -> list[str]:
+        """Ids of the scenes with a committed ingest stage, sorted."""
+        found = set()
+        for key in self.location.find("commits"):
+            parsed = _parse_commit_key(key)
+            if parsed is not None and parsed[1] == "ingest":
+                found.add(parsed[0])
+        return sorted(found)
+
+    # -- reading -----------------------------------------------------------------------
+    def scene(self, scene_id: str) -> SceneView:
+        """The scene as committed now: its current stages and their arrays."""
+        heads = self.heads(scene_id)
+        if "ingest" not in heads:
             raise SceneIncompleteError(f"scene {scene_id!r} is not in store "
                                        f"{self.location.location} (absent or never committed)")
-        return record
-
-    def group_path(self, scene_id: str) -> str:
-        """Key prefix of the committed scene's zarr group."""
-        return f"scenes/{scene_id}/{self._committed(scene_id).attempt}"
-
-    def group(self, scene_id: str) -> zarr.Group:
-        """The committed scene's zarr group."""
-        return self.location.open_group(self.group_path(scene_id), mode="r")
+        return SceneView(self, scene_id, heads)
 
     def scene_attrs(self, scene_id: str) -> SceneAttrs:
-        return parse_scene_attrs(dict(self.group(scene_id).attrs),
-                                 f"scene {scene_id!r} attributes")
+        return self.scene(scene_id).attrs
 
     def manifest(self, scene_ids: list[str] | None = None) -> pa.Table:
-        """Manifest rows of committed scenes (all, or those named)."""
-        parts = []
-        for scene_id in self.scenes() if scene_ids is None else scene_ids:
-            record = self._committed(scene_id)
-            data = self.location.get(record.manifest)
-            if data is None:
-                raise StoreError(f"scene {scene_id!r}: manifest part {record.manifest} missing")
-            parts.append(from_parquet_bytes(data))
+        """Manifest rows of committed scenes (all, or those named), current stages only."""
+        from .manifest import MANIFEST_SCHEMA
+
+        parts = [self.scene(s).manifest() for s in
+                 (self.scenes() if scene_ids is None else scene_ids)]
         return pa.concat_tables(parts) if parts else MANIFEST_SCHEMA.empty_table()
 
-    # -- writing ---------------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------
     def write_scene(self, attrs: SceneAttrs, arrays: Mapping[str, np.ndarray],
-                    manifest: pa.Table, dims: Mapping[str, int]) -> CommitRecord:
-        """Write a whole scene and commit it atomically, replacing an earlier commit.
+                    manifest: pa.Table, provenance: StageRecord,
+                    expect_sequence: int | None = None) -> CommitRecord:
+        """Commit a scene's ingest stage (a new scene, or a new version of one)."""
+        return self.commit_stage(attrs.scene_id, provenance, arrays, manifest,
+                                 expect_sequence=expect_sequence, scene_attrs=attrs)
 
-        arrays: name -> data, checked against the spec (dtype, shape from `dims`).
+    def commit_stage(self, scene_id: str, provenance: StageRecord,
+                     arrays: Mapping[str, np.ndarray],
+                     columns: pa.Table | Mapping[str, list] | None = None, *,
+                     expect_sequence: int | None = None,
+                     scene_attrs: SceneAttrs | None = None) -> CommitRecord:
+        """Commit `arrays` as stage `provenance.stage` of a scene, touching nothing else.
+
+        columns: the stage's manifest columns (a table with them, or name -> N values);
+        expect_sequence: the sequence of the stage's commit the writer started from (0:
+        none), so that a commit made meanwhile by another writer makes this one lose
+        (default: whatever is current now); scene_attrs: for ingest, what the scene is.
+        Raises CommitConflictError when another writer committed this stage first, and
+        InputsChangedError when the stages it was computed from changed meanwhile.
         """
         if self.read_only:
             raise PermissionError(f"store {self.location.location} is open read-only")
-        scene_id = validate_scene_id(attrs.scene_id)
-        attempt = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
-        prefix = f"scenes/{scene_id}/{attempt}"
+        validate_scene_id(scene_id)
+        stage = provenance.stage
+        where = f"scene {scene_id!r}, stage {stage}"
+        arrays = {name: np.asarray(data) for name, data in arrays.items()}
+        wrong = sorted(n for n in arrays if n not in ARRAYS or ARRAYS[n].stage != stage)
+        if wrong:
+            raise SchemaViolationError(f"{where}: arrays {wrong} do not belong to this stage")
+        heads = self.heads(scene_id)
+        base = heads[stage].sequence if stage in heads else 0
+        if expect_sequence is not None and base != expect_sequence:
+            raise CommitConflictError(self._lost(where, heads.get(stage)))
+        if stage == "ingest":
+            if scene_attrs is None or scene_attrs.scene_id != scene_id:
+                raise ValueError("an ingest commit needs the scene's attributes")
+            attrs, has_views = scene_attrs, False
+        else:
+            if "ingest" not in heads:
+                raise SceneIncompleteError(f"{where}: the scene is not in store "
+                                           f"{self.location.location}: ingest it first")
+            view = SceneView(self, scene_id, heads)
+            attrs, has_views = view.attrs, view.has_virtual_views()
+            if dict(provenance.inputs) != view.input_fingerprints(stage):
+                raise InputsChangedError(f"{where}: the outputs it was computed from were "
+                                         "replaced while it ran; nothing was committed: run "
+                                         "it again")
+        dims = self._check_arrays(where, attrs, stage, arrays, has_views)
+        manifest = self._manifest_part(where, stage, columns, attrs.num_samples, scene_id,
+                                       set(arrays))
+        attempt = f"{datetime.now(UTC):{TIME_FORMAT}}-{secrets.token_hex(4)}"
+        prefix = f"scenes/{scene_id}/{stage}/{attempt}"
+        manifest_key = f"manifest/{scene_id}/{stage}/{attempt}.parquet"
+        try:
+            record = self._write(scene_id, stage, attempt, prefix, manifest_key, attrs,
+                                 arrays, manifest, provenance, base + 1, dims)
+            won = self.location.put_exclusive(commit_key(scene_id, stage, base + 1),
+                                              record.model_dump_json(indent=1).encode())
+        except BaseException:
+            self._discard(prefix, manifest_key)
+            raise
+        if not won:
+            self._discard(prefix, manifest_key)
+            raise CommitConflictError(self._lost(where, self.head(scene_id, stage)))
+        self.remove_superseded(scene_id, stage, record)
+        if stage != "ingest":
+            now = SceneView(self, scene_id, self.heads(scene_id))
+            if stage not in now.commits:
+                raise InputsChangedError(f"{where}: committed as sequence {record.sequence}, "
+                                         "but the outputs it was computed from were replaced "
+                                         "meanwhile, so it is stale: run it again")
+        return record
+
+    @staticmethod
+    def _lost(where: str, theirs: CommitRecord | None) -> str:
+        other = (f"commit {theirs.sequence} of {theirs.committed_at:%Y-%m-%d %H:%M:%S} UTC"
+                 if theirs else "a commit")
+        return (f"{where}: another writer committed it first ({other}); this writer's "
+                "outputs were discarded and theirs stand")
+
+    def _check_arrays(self, where: str, attrs: SceneAttrs, stage: str,
+                      arrays: dict[str, np.ndarray], has_views: bool) -> dict[str, int]:
+        missing = sorted(set(required_arrays(stage, has_views)) - set(arrays))
+        if missing:
+            raise SchemaViolationError(f"{where}: arrays {missing} of this stage are missing")
+        dims, conflicts = infer_dims({n: a.shape for n, a in arrays.items()})
+        problems = [message for _, message in conflicts]
+        scene = {"N": attrs.num_samples, "F": attrs.num_frames, "H": attrs.height,
+                 "W": attrs.width}
+        problems += [f"{d} = {dims[d]}, the scene has {d} = {v}" for d, v in scene.items()
+                     if dims.get(d, v) != v]
+        for name, data in arrays.items():
+            spec = ARRAYS[name]
+            if data.dtype != np.dtype(spec.dtype):
+                problems.append(f"array {name}: dtype {data.dtype}, the schema wants "
+                                f"{spec.dtype}")
+        if problems:
+            raise SchemaViolationError(f"{where}: {'; '.join(problems)}")
+        return {**dims, **scene}
+
+    def _manifest_part(self, where: str, stage: str, columns, rows: int, scene_id: str,
+                       arrays: set[str]) -> pa.Table:
+        schema = part_schema(stage)
+        if isinstance(columns, pa.Table):
+            table = columns
+        else:
+            values = dict(columns or {})
+            unknown = sorted(set(values) - set(STAGE_COLUMNS[stage]))
+            if unknown:
+                raise SchemaViolationError(f"{where}: manifest columns {unknown} are not "
+                                           "this stage's")
+            values.setdefault("scene_id", [scene_id] * rows)
+            values.setdefault("sample_index", list(range(rows)))
+            for name in STAGE_COLUMNS[stage]:  # has_<array>: every row, when it was written
+                values.setdefault(name, [name[4:] in arrays] * rows if name.startswith("has_")
+                                  else [None] * rows)
+            table = pa.table({n: pa.array(values[n], type=schema.field(n).type)
+                              for n in schema.names})
+        missing = [n for n in schema.names if n not in table.column_names]
+        if missing or table.num_rows != rows:
+            raise SchemaViolationError(f"{where}: manifest part needs {rows} rows with columns "
+                                       f"{schema.names} (missing {missing})")
+        if set(table.column("scene_id").to_pylist()) != {scene_id}:
+            raise SchemaViolationError(f"{where}: manifest rows name other scenes")
+        return table
+
+    def _write(self, scene_id, stage, attempt, prefix, manifest_key, attrs: SceneAttrs,
+               arrays, manifest: pa.Table, provenance, sequence: int, dims) -> CommitRecord:
         self._ensure_group("scenes")
         self._ensure_group(f"scenes/{scene_id}")
-        arrays = {name: np.asarray(data) for name, data in arrays.items()}
-        for name, data in arrays.items():  # all checked before anything is written
-            spec = ARRAYS[name]
-            expected = tuple(dims[d] if isinstance(d, str) else d for d in spec.shape)
-            if data.dtype != np.dtype(spec.dtype) or data.shape != expected:
-                raise SchemaViolationError(
-                    f"scene {scene_id!r}, array {name}: got {data.dtype} {data.shape}, "
-                    f"the schema wants {spec.dtype} {expected}")
-        sync(_write_group(self.location.sub(prefix).zarr_store(),
-                          attrs.model_dump(mode="json"), arrays))
+        self._ensure_group(f"scenes/{scene_id}/{stage}")
+        group_attrs = (attrs.model_dump(mode="json") if stage == "ingest"
+                       else {"scene_id": scene_id, "stage": stage})
+        sync(_write_group(self.location.sub(prefix).zarr_store(), group_attrs, arrays))
         records = {name: ArrayRecord(shape=list(data.shape), dtype=str(data.dtype),
                                      sha256=array_sha256(data),
                                      stored_bytes=self.location.size_under(f"{prefix}/{name}"))
                    for name, data in arrays.items()}
-        manifest_key = f"manifest/{scene_id}/{attempt}.parquet"
-        manifest_bytes = to_parquet_bytes(manifest)
+        manifest_bytes = to_parquet_bytes(manifest, stage)
         self.location.put(manifest_key, manifest_bytes)
-        record = CommitRecord(
-            scene_id=scene_id, attempt=attempt, schema_version=SCHEMA_VERSION,
-            committed_at=datetime.now(UTC), num_samples=manifest.num_rows,
-            manifest=manifest_key, manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
-            arrays=records)
-        self.location.put(f"commits/{scene_id}.json",
-                          record.model_dump_json(indent=1).encode())
-        self.remove_stale_attempts(scene_id)
-        return record
+        return CommitRecord(
+            scene_id=scene_id, stage=stage, sequence=sequence, attempt=attempt,
+            schema_version=SCHEMA_VERSION, committed_at=datetime.now(UTC),
+            num_samples=attrs.num_samples, manifest=manifest_key,
+            manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), arrays=records,
+            content_sha256=content_fingerprint(records), provenance=provenance)
 
-    def replace_stage(self, scene_id: str, record: StageRecord,
-                      arrays: Mapping[str, np.ndarray],
-                      columns: Mapping[str, list] | None = None) -> CommitRecord:
-        """Commit a new version of a committed scene in which stage `record.stage` holds
-        `arrays` (its earlier arrays dropped; other stages' arrays carried over unchanged)
-        with provenance `record`; `columns` replace manifest columns (name -> N values).
+    def _discard(self, prefix: str, manifest_key: str) -> None:
+        """Remove this writer's own uncommitted attempt (best effort: never masks the
+        error that got us here)."""
+        try:
+            self.location.delete(prefix)
+            self.location.delete(manifest_key)
+        except Exception:  # noqa: BLE001 - a failed cleanup leaves an orphan, no harm
+            pass
 
-        The new version is written beside the old one and committed atomically like any
-        scene write; one writer per scene at a time (the later commit wins).
-        """
-        attrs = self.scene_attrs(scene_id)
-        where = f"scene {scene_id!r}, stage {record.stage}"
-        wrong = sorted(n for n in arrays if n not in ARRAYS or ARRAYS[n].stage != record.stage)
-        if wrong:
-            raise SchemaViolationError(f"{where}: arrays {wrong} do not belong to this stage")
-        group = self.group(scene_id)
-        merged = {n: group[n][...] for n in group.array_keys()
-                  if n in ARRAYS and ARRAYS[n].stage != record.stage}
-        merged.update({n: np.asarray(a) for n, a in arrays.items()})
-        dims, conflicts = infer_dims({n: a.shape for n, a in merged.items()})
-        problems = [message for _, message in conflicts]
-        if dims.get("N", attrs.num_samples) != attrs.num_samples:
-            problems.append(f"N = {dims['N']}, the scene has {attrs.num_samples} samples")
-        if problems:
-            raise SchemaViolationError(f"{where}: {'; '.join(problems)}")
-        manifest = self.manifest([scene_id])
-        updates = {f"has_{n}": [n in merged] * manifest.num_rows for n in SAMPLE_ARRAYS}
-        updates.update(columns or {})
-        for name, values in updates.items():
-            if name not in MANIFEST_SCHEMA.names or len(values) != manifest.num_rows:
-                raise SchemaViolationError(f"{where}: manifest column {name!r} is not in the "
-                                           f"schema or has not {manifest.num_rows} values")
-            column = pa.array(values, type=MANIFEST_SCHEMA.field(name).type)
-            if name in manifest.column_names:
-                manifest = manifest.set_column(manifest.column_names.index(name), name, column)
-            else:
-                manifest = manifest.append_column(name, column)
-        new = attrs.model_copy(update={"stages": {**attrs.stages, record.stage: record},
-                                       "created": datetime.now(UTC)})
-        return self.write_scene(new, merged, manifest, dims)
-
-    def remove_stale_attempts(self, scene_id: str) -> list[str]:
-        """Delete data and manifest parts of a scene that its commit does not point to
-        (left by a replaced commit or a killed writer), and its commit's temporary files.
-        Only this scene's keys are touched: writers of other scenes may be at work.
-        Returns what was removed."""
-        record = self.commit(scene_id)
-        keep = record.attempt if record else None
+    def remove_superseded(self, scene_id: str, stage: str, head: CommitRecord) -> list[str]:
+        """Delete the data of the stage's commits older than `head`, and attempts and
+        temporary files no commit names that are older than ABANDONED_AFTER; never what
+        another writer may still be writing. Returns what was removed."""
+        folder = f"scenes/{scene_id}/{stage}"
+        others = [a for a in self.location.children(folder) if a not in (head.attempt,
+                                                                         "zarr.json")]
+        if not others:
+            return []
+        named = set()
+        for sequence in self.sequences(scene_id).get(stage, []):
+            if sequence < head.sequence:
+                try:
+                    named.add(self.read_commit(scene_id, stage, sequence).attempt)
+                except StoreError:
+                    continue  # an unreadable old record names nothing we can prove
         removed = []
-        for name in self.location.children("commits"):
-            if is_temp_name(name) and name.startswith(f".{scene_id}.json."):
-                self.location.delete(f"commits/{name}")
-                removed.append(f"commits/{name}")
-        for attempt in self.location.children(f"scenes/{scene_id}"):
-            if attempt != keep and attempt != "zarr.json":
-                self.location.delete(f"scenes/{scene_id}/{attempt}")
-                removed.append(f"scenes/{scene_id}/{attempt}")
-        for part in self.location.children(f"manifest/{scene_id}"):
-            if part != f"{keep}.parquet":
-                self.location.delete(f"manifest/{scene_id}/{part}")
-                removed.append(f"manifest/{scene_id}/{part}")
+        for name in others:
+            if name in named or _abandoned(name):
+                keys = [f"{folder}/{name}"]
+                if not is_temp_name(name):
+                    keys.append(f"manifest/{scene_id}/{stage}/{name}.parquet")
+                for key in keys:
+                    self.location.delete(key)
+                    removed.append(key)
         return removed
 
     def delete_scene(self, scene_id: str) -> None:
-        """Uncommit a scene (commit record first), then remove its data."""
+        """Uncommit a scene (its ingest commits first, so it vanishes at once), then
+        remove its data."""
         validate_scene_id(scene_id)
-        self.location.delete(f"commits/{scene_id}.json")
+        self.location.delete(f"commits/{scene_id}/ingest")
+        self.location.delete(f"commits/{scene_id}")
         self.location.delete(f"scenes/{scene_id}")
         self.location.delete(f"manifest/{scene_id}")
 
@@ -275,6 +407,13 @@ class Store:
         if not self.location.exists(f"{path}/zarr.json"):
             meta = {"zarr_format": 3, "node_type": "group", "attributes": {}}
             self.location.put(f"{path}/zarr.json", json.dumps(meta).encode())
+
+
+def _abandoned(name: str) -> bool:
+    """Whether an attempt or temporary file was started longer ago than any live writer
+    takes (names that carry no start time are never taken for abandoned)."""
+    started = started_at(name)
+    return started is not None and datetime.now(UTC) - started > ABANDONED_AFTER
 
 
 async def _write_group(zarr_store, attributes: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -292,28 +431,36 @@ async def _write_group(zarr_store, attributes: dict, arrays: dict[str, np.ndarra
             dimension_names=[str(d) if isinstance(d, str) else f"{name}_{i}"
                              for i, d in enumerate(spec.shape)],
             attributes={"units": spec.units, "stage": spec.stage})
-        await array.setitem(Ellipsis, data)
+        if data.size:
+            await array.setitem(Ellipsis, data)
 
     await asyncio.gather(*(write(name, data) for name, data in arrays.items()))
 
 
-def open_store(location: str | Path, mode: str = "r",
-               storage_options: dict[str, Any] | None = None) -> Store:
-    """Open an existing store; read-only unless mode is "a"."""
-    codec_pipeline.use()
-    loc = Location(location, read_only=mode == "r", storage_options=storage_options)
+def _root_attributes(loc: Location, location: str | Path) -> dict[str, Any]:
     raw = loc.get("zarr.json")
     if raw is None:
         raise NotAStoreError(f"{location} is not a distillprep store (no zarr.json)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise NotAStoreError(f"{location}: zarr.json is not valid JSON") from None
     attributes = meta.get("attributes", {}) if isinstance(meta, dict) else {}
     if not isinstance(attributes, dict) or attributes.get("format") != STORE_FORMAT:
         raise NotAStoreError(f"{location} is a zarr hierarchy but not a distillprep store "
                              f"(root attribute format != {STORE_FORMAT!r})")
-    return Store(loc, parse_store_attrs(attributes, f"{location}: root attributes"))
+    return attributes
+
+
+def open_store(location: str | Path, mode: str = "r",
+               storage_options: dict[str, Any] | None = None) -> Store:
+    """Open an existing store; read-only unless mode is "a". A store of an older schema
+    is refused with the `distillprep migrate` command that upgrades it."""
+    codec_pipeline.use()
+    loc = Location(location, read_only=mode == "r", storage_options=storage_options)
+    attributes = _root_attributes(loc, location)
+    return Store(loc, parse_store_attrs(attributes, f"{location}: root attributes",
+                                        str(location)))
 
 
 def create_store(location: str | Path, dataset: str, dataset_version: str,
@@ -334,3 +481,7 @@ def create_store(location: str | Path, dataset: str, dataset_version: str,
     group.attrs.update(attrs.model_dump(mode="json"))
     return Store(loc, attrs)
 
+
+def scene_stages(store: Store, scene_id: str) -> dict[str, CommitRecord]:
+    """The scene's current (not stale) stage commits."""
+    return current_commits(store.heads(scene_id))[0]

@@ -45,13 +45,13 @@ def dataset_copy(small_dataset, tmp_path) -> Path:
 def small_store(small_dataset, tmp_path_factory) -> Path:
     """The small dataset ingested into a store (read-only for tests: copy to damage)."""
     from distillprep.scenes.nuscenes import read_nuscenes
-    from distillprep.storage_schemas.ingest import ingest
+    from distillprep.storage_schemas.ingest import IngestConfig, ingest
     from distillprep.storage_schemas.store import create_store
 
     read = read_nuscenes(small_dataset)
     path = tmp_path_factory.mktemp("store") / "store.zarr"
     store = create_store(path, "nuscenes", read.version)
-    report = ingest(store, read.scenes, {"dataset": "nuscenes"})
+    report = ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
     assert report.written == ["scene-0001", "scene-0002"]
     return path
 

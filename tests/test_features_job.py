@@ -10,17 +10,16 @@ import pytest
 from store_helpers import teacher_arrays, write_teacher_stage
 
 from distillprep.flows.cli import main
-from distillprep.flows.features_job import (
-    FeatureRunError,
-    ImageSet,
-    read_images,
-    run_features,
-    run_prefix,
-    saved_run,
-)
+from distillprep.storage_schemas.feature_runs import FeatureRunError, run_prefix
 from distillprep.storage_schemas.store import create_store, open_store
 from distillprep.storage_schemas.validate import validate_store
 from distillprep.teachers.foundation.extract import FeatureConfig, load_extractor
+from distillprep.teachers.foundation.job import (
+    ImageSet,
+    read_images,
+    run_features,
+    saved_basis,
+)
 from distillprep.teachers.foundation.pca import project
 from distillprep.teachers.foundation.positional import position_share
 
@@ -50,15 +49,15 @@ def test_features_fill_every_scene_with_the_models_projected_features(store_with
     store = store_with_views
     summary = run_features(store, extractor, CONFIG)
     assert summary.done == ["scene-0001", "scene-0002"] and summary.skipped == []
-    _, basis = saved_run(store, "dino")
+    basis = saved_basis(store, "dino")
     pca = basis.pca
     assert basis.pattern is None
-    group = store.group("scene-0001")
+    group = store.scene("scene-0001")
     n = store.scene_attrs("scene-0001").num_samples
     assert group["dino_features"].shape == (n, 4, 2, 4)
     assert group["dino_virtual_features"].shape == (VIEWS, 4, 1, 2)  # half size, half grid
     np.testing.assert_array_equal(group["dino_pca_basis"][...], pca.basis)
-    np.testing.assert_array_equal(store.group("scene-0002")["dino_pca_basis"][...], pca.basis)
+    np.testing.assert_array_equal(store.scene("scene-0002")["dino_pca_basis"][...], pca.basis)
     # the stored values are the model's features of those very images, projected
     real = ImageSet("scene-0001", "real", n, 108, 192)
     expected = project(pca, extractor(read_images(group, real, 3, 5), (2, 4)))
@@ -69,9 +68,9 @@ def test_features_fill_every_scene_with_the_models_projected_features(store_with
     np.testing.assert_allclose(group["dino_virtual_features"][...].astype(np.float32),
                                expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
     # provenance, manifest and validation; random weights are said loudly
-    record = store.scene_attrs("scene-0001").stages["dino_features"]
-    assert record.extra["random_init"] is True and record.extra["model"] == "dinov2-vits14"
-    assert 0 < record.extra["pca_explained_ratio"] <= 1
+    record = store.scene("scene-0001").provenance("dino_features")
+    assert record.random_init is True and record.model == "dinov2-vits14"
+    assert 0 < record.pca_explained_ratio <= 1 and record.run_id == basis.run.run_id
     norms = store.manifest(["scene-0001"]).column("dino_feature_norm_mean").to_pylist()
     assert all(v is not None and v > 0 for v in norms)
     assert all(store.manifest().column("has_dino_features").to_pylist())
@@ -100,22 +99,22 @@ def test_a_killed_run_resumes_with_the_same_result(store_with_views, extractor, 
 
     with pytest.raises(_Killed):
         run_features(store, extractor, CONFIG, progress=kill_in_scene_two)
-    assert store.scene_attrs("scene-0002").stages.get("dino_features") is None
-    kept = store.location.children(f"{run_prefix('dino')}/partial/scene-0002")
-    assert kept == ["real-0.npy", "real-4.npy"]
+    assert store.scene("scene-0002").provenance("dino_features") is None
+    kept = store.location.find(f"{run_prefix('dino')}/partial/scene-0002")
+    assert [k.rsplit("/", 1)[-1] for k in kept] == ["real-0.npy", "real-4.npy"]
     resumed = run_features(store, extractor, CONFIG)
     assert resumed.skipped == ["scene-0001"] and resumed.done == ["scene-0002"]
     assert resumed.images == 18 - 8  # neither the PCA sample nor the kept batches again
     for scene in ("scene-0001", "scene-0002"):
-        np.testing.assert_array_equal(store.group(scene)["dino_features"][...],
-                                      clean.group(scene)["dino_features"][...])
+        np.testing.assert_array_equal(store.scene(scene)["dino_features"][...],
+                                      clean.scene(scene)["dino_features"][...])
     assert validate_store(store.location.location, deep=True).ok
     # views rendered again after the features: only their scene is redone
     n = store.scene_attrs("scene-0002").num_samples
     write_teacher_stage(store, "scene-0002", teacher_arrays(n, 3, size=(54, 96)))
     again = run_features(store, extractor, CONFIG)
     assert again.done == ["scene-0002"] and again.skipped == ["scene-0001"]
-    assert store.group("scene-0002")["dino_virtual_features"].shape[0] == 3
+    assert store.scene("scene-0002")["dino_virtual_features"].shape[0] == 3
 
 
 def test_positional_denoising_takes_the_pattern_out_before_the_pca(store_with_views,
@@ -123,18 +122,18 @@ def test_positional_denoising_takes_the_pattern_out_before_the_pca(store_with_vi
     store = store_with_views
     config = FeatureConfig(**{**CONFIG.__dict__, "denoise_positions": True, "pca_images": 30})
     run_features(store, extractor, config)
-    _, basis = saved_run(store, "dino")
+    basis = saved_basis(store, "dino")
     assert basis.pattern.shape == (extractor.spec.width, 2, 4)
     real = ImageSet("scene-0002", "real", 18, 108, 192)
-    raw = extractor(read_images(store.group("scene-0002"), real, 0, 18), (2, 4))
+    raw = extractor(read_images(store.scene("scene-0002"), real, 0, 18), (2, 4))
     expected = project(basis.pca, raw - basis.pattern)
-    stored = store.group("scene-0002")["dino_features"][...].astype(np.float32)
+    stored = store.scene("scene-0002")["dino_features"][...].astype(np.float32)
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
     # the position explains less of the denoised features than of the raw ones
     assert position_share(raw - basis.pattern) < 0.5 * position_share(raw)
-    record = store.scene_attrs("scene-0002").stages["dino_features"]
+    record = store.scene("scene-0002").provenance("dino_features")
     assert record.config["config"]["denoise_positions"] is True
-    assert record.extra["position_pattern_sha256"]
+    assert record.position_pattern_sha256
 
 
 def test_another_run_is_refused_unless_forced(store_with_views, extractor):
@@ -145,7 +144,7 @@ def test_another_run_is_refused_unless_forced(store_with_views, extractor):
         run_features(store, extractor, other)
     forced = run_features(store, extractor, other, force=True)
     assert forced.done == ["scene-0001", "scene-0002"]
-    assert store.group("scene-0002")["dino_features"].shape[1] == 3
+    assert store.scene("scene-0002")["dino_features"].shape[1] == 3
 
 
 def test_a_store_without_images_is_a_clear_error(tmp_path, extractor):

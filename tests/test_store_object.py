@@ -4,7 +4,7 @@ loopback by the test, and fsspec's `memory://`."""
 import pytest
 
 from distillprep.scenes.nuscenes import read_nuscenes
-from distillprep.storage_schemas.ingest import ingest
+from distillprep.storage_schemas.ingest import IngestConfig, ingest
 from distillprep.storage_schemas.reader import iter_samples
 from distillprep.storage_schemas.store import create_store, open_store
 from distillprep.storage_schemas.validate import format_report, validate_store
@@ -28,7 +28,7 @@ def test_round_trip_and_commit_on_object_stores(backend, s3, small_dataset, loca
         url, options = "memory://distillprep-test/store-a", None
     read = read_nuscenes(small_dataset)
     store = create_store(url, "nuscenes", read.version, storage_options=options)
-    report = ingest(store, read.scenes, {"dataset": "nuscenes"})
+    report = ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
     assert report.written == ["scene-0001", "scene-0002"]
     reopened = open_store(url, storage_options=options)
     assert reopened.scenes() == ["scene-0001", "scene-0002"]
@@ -38,27 +38,30 @@ def test_round_trip_and_commit_on_object_stores(backend, s3, small_dataset, loca
     assert result.ok and not result.findings, format_report(result)
     # Re-writing a scene replaces it: one attempt left, same content.
     again = ingest(create_store(url, "nuscenes", read.version, storage_options=options),
-                   read.scenes[:1], {"dataset": "nuscenes"}, force=True)
+                   read.scenes[:1], IngestConfig("nuscenes", read.version), force=True)
     assert again.written == ["scene-0001"]
-    assert len([a for a in store.location.children("scenes/scene-0001") if a != "zarr.json"]) == 1
+    assert len([a for a in store.location.children("scenes/scene-0001/ingest")
+                if a != "zarr.json"]) == 1
     assert _samples(open_store(url, storage_options=options)) == local_reference
 
 
 def test_uncommitted_attempt_is_invisible_on_s3(s3, small_dataset):
     """No rename on S3: a scene whose data is written but whose commit object is not is
-    absent for readers and reported, and the next write clears it."""
+    absent for readers and reported; the next write commits it anew (the old attempt is
+    left: nothing proves its writer is gone, and the validator reports it)."""
     url = "s3://distillprep-test/store-b"
     read = read_nuscenes(small_dataset)
     store = create_store(url, "nuscenes", read.version, storage_options=s3)
-    ingest(store, read.scenes, {"dataset": "nuscenes"})
-    store.location.delete("commits/scene-0002.json")  # as if killed before the commit
+    ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
+    store.location.delete("commits/scene-0002")  # as if killed before the commit
     assert open_store(url, storage_options=s3).scenes() == ["scene-0001"]
     report = validate_store(url, storage_options=s3)
     assert report.ok and [f.rule for f in report.findings] == ["uncommitted-scene"]
-    again = ingest(store, read.scenes, {"dataset": "nuscenes"})
+    again = ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
     assert again.written == ["scene-0002"] and again.skipped == ["scene-0001"]
     final = validate_store(url, deep=True, storage_options=s3)
-    assert final.ok and not final.findings, format_report(final)
+    assert final.ok and [f.rule for f in final.findings] == ["orphan-attempt"], (
+        format_report(final))
 
 
 def test_cli_ingest_validate_inspect_on_s3(s3, small_dataset):

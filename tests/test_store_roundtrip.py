@@ -7,25 +7,35 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-from store_helpers import manifest, rigid_poses, scene_attrs
+from store_helpers import (
+    ingest_arrays,
+    ingest_provenance,
+    manifest,
+    rigid_poses,
+    scene_attrs,
+    teacher_arrays,
+    teacher_record,
+)
 
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.projection import sparse_depth_map
 from distillprep.storage_schemas.errors import SceneIncompleteError, SchemaViolationError
-from distillprep.storage_schemas.ingest import ingest
+from distillprep.storage_schemas.ingest import IngestConfig, ingest
 from distillprep.storage_schemas.reader import SceneReader, iter_samples, read_sample
 from distillprep.storage_schemas.spec import ARRAYS
 from distillprep.storage_schemas.store import create_store, open_store
 
-# Arrays of every kind, written as a whole scene; sizes kept small for speed.
+# Arrays of every kind, written as a scene's ingest and teacher stages; small for speed.
 _KINDS = ("lidar_depth", "teacher_depth", "teacher_opacity", "rgb_jpeg", "intrinsics",
-          "timestamp_us", "camera_index", "frame_index", "frame_timestamp_us")
+          "timestamp_us", "camera_index", "frame_index", "frame_timestamp_us", "lidar_points",
+          "lidar_intensity")
 
 
 def _arrays_strategy():
     dims = st.fixed_dictionaries({"N": st.integers(1, 5), "H": st.integers(1, 6),
                                   "W": st.integers(1, 6), "J": st.integers(4, 40),
-                                  "Ht": st.integers(1, 4), "Wt": st.integers(1, 4)})
+                                  "Ht": st.integers(1, 4), "Wt": st.integers(1, 4),
+                                  "P": st.integers(0, 70)})
 
     def build(d):
         d = {**d, "F": d["N"]}
@@ -50,27 +60,37 @@ def _arrays_strategy():
 @given(payload=_arrays_strategy())
 def test_random_arrays_of_every_kind_read_back_bit_identically(tmp_path_factory, payload):
     dims, arrays = payload
+    n, p = dims["N"], dims["P"]
     rng = np.random.default_rng(0)
-    arrays["cam_to_world"] = rigid_poses(dims["N"], rng)
-    arrays["ego_to_world"] = rigid_poses(dims["F"], rng)
-    arrays["rgb_jpeg_nbytes"] = np.full(dims["N"], 4, dtype=np.int64)
+    arrays.update(cam_to_world=rigid_poses(n, rng), ego_to_world=rigid_poses(dims["F"], rng),
+                  rgb_jpeg_nbytes=np.full(n, 4, dtype=np.int64),
+                  frame_is_keyframe=np.ones(n, np.uint8),
+                  lidar_sweep_points=np.array([p], np.int64),
+                  lidar_sensor_to_world=rigid_poses(1, rng),
+                  lidar_timestamp_us=np.zeros(1, np.int64),
+                  lidar_frame_index=np.zeros(1, np.int32),
+                  lidar_is_keyframe=np.ones(1, np.uint8),
+                  lidar_sensor_index=np.zeros(1, np.int16))
+    drawn = {k: arrays.pop(k) for k in ("teacher_depth", "teacher_opacity")}
+    teacher = {**teacher_arrays(n, 0, size=(dims["Ht"], dims["Wt"])), **drawn}
     path = tmp_path_factory.mktemp("rt") / "s.zarr"
     store = create_store(path, "synthetic", "v0")
-    store.write_scene(scene_attrs("s", dims["N"], dims["F"], dims["H"], dims["W"]), arrays,
-                      manifest("s", dims["N"], arrays), dims)
-    group = open_store(path).group("s")
-    for name, data in arrays.items():
-        back = group[name][...]
+    store.write_scene(scene_attrs("s", n, dims["F"], dims["H"], dims["W"]), arrays,
+                      manifest("s", n, arrays), ingest_provenance())
+    store.commit_stage("s", teacher_record(store, "s"), teacher)
+    view = open_store(path).scene("s")
+    for name, data in {**arrays, **teacher}.items():
+        back = view[name][...]
         assert back.dtype == data.dtype and back.shape == data.shape
         assert back.tobytes() == data.tobytes(), name  # float16 exactly as stored
 
 
 def test_write_refuses_data_that_breaks_the_schema(tmp_path):
     store = create_store(tmp_path / "s.zarr", "synthetic", "v0")
-    arrays = {"timestamp_us": np.zeros(3, dtype=np.float32)}
-    with pytest.raises(SchemaViolationError, match="timestamp_us.*float32.*int64"):
+    arrays = {**ingest_arrays(3, 2, 2), "timestamp_us": np.zeros(3, dtype=np.float32)}
+    with pytest.raises(SchemaViolationError, match="timestamp_us: dtype float32.*int64"):
         store.write_scene(scene_attrs("s", 3, 3, 2, 2), arrays, manifest("s", 3, arrays),
-                          {"N": 3})
+                          ingest_provenance())
     assert store.scenes() == []
 
 
@@ -95,7 +115,7 @@ def test_ingested_samples_equal_the_reader(small_store, small_dataset):
 def test_stored_jpeg_bytes_are_the_source_files(small_store, small_dataset):
     store = open_store(small_store)
     attrs = store.scene_attrs("scene-0001")
-    group = store.group("scene-0001")
+    group = store.scene("scene-0001")
     nbytes = group["rgb_jpeg_nbytes"][...]
     rows = store.manifest(["scene-0001"]).to_pylist()
     for row in rows[:6]:
@@ -119,18 +139,56 @@ def test_manifest_rows_and_iteration_order(small_store):
 
 def test_ingest_is_resumable_and_force_replaces_cleanly(small_dataset, tmp_path):
     read = read_nuscenes(small_dataset)
+    config = IngestConfig("nuscenes", read.version)
     store = create_store(tmp_path / "s.zarr", "nuscenes", read.version)
-    first = ingest(store, read.scenes[:1], {})
+    first = ingest(store, read.scenes[:1], config)
     assert first.written == ["scene-0001"]
-    second = ingest(store, read.scenes, {})
+    second = ingest(store, read.scenes, config)
     assert second.skipped == ["scene-0001"] and second.written == ["scene-0002"]
-    before = store.commit("scene-0001").attempt
-    forced = ingest(store, read.scenes[:1], {}, force=True)
-    assert forced.written == ["scene-0001"]
-    after = store.commit("scene-0001").attempt
-    assert after != before
-    assert store.location.children("scenes/scene-0001") == sorted([after, "zarr.json"])
-    assert store.location.children("manifest/scene-0001") == [f"{after}.parquet"]
+    before = store.head("scene-0001", "ingest")
+    forced = ingest(store, read.scenes[:1], config, force=True)
+    assert forced.written == ["scene-0001"] and forced.stale == {}
+    after = store.head("scene-0001", "ingest")
+    assert after.attempt != before.attempt and after.sequence == before.sequence + 1
+    assert after.content_sha256 == before.content_sha256  # the same data again
+    assert store.location.children("scenes/scene-0001/ingest") == sorted(
+        [after.attempt, "zarr.json"])
+    assert store.location.children("manifest/scene-0001/ingest") == [
+        f"{after.attempt}.parquet"]
+    # another config (with the sweeps) is not the scene that is there: it is written
+    with_sweeps = ingest(store, read_nuscenes(small_dataset, sweeps=True).scenes[:1],
+                         IngestConfig("nuscenes", read.version, sweeps=True))
+    assert with_sweeps.written == ["scene-0001"]
+    assert store.scene_attrs("scene-0001").num_frames == 5
+
+
+def test_ingest_keeps_every_lidar_sweep_with_its_pose(small_dataset, tmp_path):
+    """The store holds what a teacher needs, so nothing reads the dataroot again: every
+    sweep's points as the dataset stored them, with its own pose and time."""
+    from distillprep.storage_schemas.stored_scene import load_scene
+
+    read = read_nuscenes(small_dataset, scenes=["scene-0002"], sweeps=True)
+    store = create_store(tmp_path / "s.zarr", "nuscenes", read.version)
+    ingest(store, read.scenes, IngestConfig("nuscenes", read.version, sweeps=True))
+    stored, original = load_scene(store, "scene-0002"), read.scenes[0]
+    assert stored.camera_names == original.camera_names
+    assert len(stored.frames) == len(original.frames) == 5
+    for a, b in zip(stored.frames, original.frames, strict=True):
+        assert (a.timestamp_us, a.is_keyframe) == (b.timestamp_us, b.is_keyframe)
+        np.testing.assert_array_equal(a.ego_to_world, b.ego_to_world)
+        assert [s.timestamp_us for s in a.lidar] == [s.timestamp_us for s in b.lidar]
+        for x, y in zip(a.lidar, b.lidar, strict=True):
+            np.testing.assert_array_equal(x.sensor_to_world, y.sensor_to_world)
+        got, want = a.lidar_points(), b.lidar_points()
+        np.testing.assert_array_equal(got.points, want.points)
+        np.testing.assert_array_equal(got.origins, want.origins)
+        np.testing.assert_array_equal(got.intensity, want.intensity)
+    for x, y in zip(stored.camera_samples, original.camera_samples, strict=True):
+        assert (x.camera, x.timestamp_us, x.is_keyframe) == (y.camera, y.timestamp_us,
+                                                             y.is_keyframe)
+        np.testing.assert_array_equal(x.cam_to_world, y.cam_to_world)
+        np.testing.assert_array_equal(x.intrinsics, y.intrinsics)
+        np.testing.assert_array_equal(x.load_image(), y.load_image())
 
 
 def test_open_is_read_only_by_default(small_store):
@@ -138,7 +196,7 @@ def test_open_is_read_only_by_default(small_store):
     with pytest.raises(PermissionError):
         store.delete_scene("scene-0001")
     with pytest.raises(SceneIncompleteError, match="not in store"):
-        store.group("scene-9999")
+        store.scene("scene-9999")
 
 
 def test_store_refuses_another_dataset(small_store):
@@ -149,13 +207,23 @@ def test_store_refuses_another_dataset(small_store):
 
 
 def test_preview_pngs_of_a_store(small_store, tmp_path):
-    from distillprep.storage_schemas.inspect import summarize, write_previews
+    from distillprep.storage_schemas.inspect import (
+        LABEL_HEIGHT,
+        labelled,
+        summarize,
+        write_previews,
+    )
 
     store = open_store(small_store)
     paths = write_previews(store, "scene-0001", tmp_path, samples=3)
     assert len(paths) == 3
     image = np.asarray(Image.open(paths[0]))
-    assert image.shape[1] == 2 * 192 and image.std() > 10
+    # RGB and LiDAR depth side by side, each under a caption band naming it
+    assert image.shape[:2] == (108 + LABEL_HEIGHT, 2 * 192) and image.std() > 10
+    for i, caption in enumerate(("RGB", "LiDAR depth")):
+        band = labelled(np.zeros((1, 192, 3), np.uint8), caption)[:LABEL_HEIGHT]
+        assert band.max() > 200  # the caption is drawn, and it is this one
+        np.testing.assert_array_equal(image[:LABEL_HEIGHT, 192 * i:192 * (i + 1)], band)
     summary = summarize(store)
     assert summary["samples"] == 36
     assert summary["arrays"]["lidar_depth"]["compression_ratio"] > 1.5
@@ -173,13 +241,13 @@ def test_codec_pipelines_write_and_read_the_same_bytes(small_dataset, small_stor
     monkeypatch.setenv("DISTILLPREP_CODEC_PIPELINE", writer)
     store = create_store(tmp_path / "s.zarr", "nuscenes", read.version)
     assert codec_pipeline.active() == writer
-    ingest(store, read.scenes, {})
+    ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
     monkeypatch.setenv("DISTILLPREP_CODEC_PIPELINE", reader)
     ours = open_store(tmp_path / "s.zarr")
     assert codec_pipeline.active() == reader
     reference = open_store(small_store)
     for name in ("rgb_jpeg", "lidar_depth", "cam_to_world"):
-        np.testing.assert_array_equal(ours.group("scene-0001")[name][...],
-                                      reference.group("scene-0001")[name][...])
+        np.testing.assert_array_equal(ours.scene("scene-0001")[name][...],
+                                      reference.scene("scene-0001")[name][...])
     monkeypatch.delenv("DISTILLPREP_CODEC_PIPELINE")
     codec_pipeline.use()

@@ -17,7 +17,8 @@ from distillprep.storage_schemas.attrs import (
 from distillprep.storage_schemas.errors import MetadataError, SchemaVersionError, StoreError
 from distillprep.storage_schemas.manifest import (
     MANIFEST_SCHEMA,
-    from_parquet_bytes,
+    legacy_from_parquet_bytes,
+    part_from_parquet_bytes,
     to_parquet_bytes,
 )
 from distillprep.storage_schemas.schema_files import SCHEMA_DIR, generated
@@ -58,8 +59,11 @@ def test_store_attrs_round_trip_and_errors():
     assert parse_store_attrs(attrs.model_dump(mode="json")) == attrs
     with pytest.raises(SchemaVersionError, match="newer"):
         parse_store_attrs(_store_raw(schema_version=SCHEMA_VERSION + 1))
-    with pytest.raises(SchemaVersionError, match="older.*ingest --force"):
+    with pytest.raises(SchemaVersionError, match="reads or migrates.*ingest --force"):
         parse_store_attrs(_store_raw(schema_version=0))
+    for old in (1, 2):  # earlier layouts: refused, naming the command that upgrades them
+        with pytest.raises(SchemaVersionError, match="distillprep migrate /data/s.zarr"):
+            parse_store_attrs(_store_raw(schema_version=old), "s", "/data/s.zarr")
     with pytest.raises(MetadataError, match="format"):
         parse_store_attrs(_store_raw(format="something-else"))
     with pytest.raises(MetadataError, match="dataset"):
@@ -91,18 +95,35 @@ def test_schema_dir_is_shipped_in_the_package():
     assert SCHEMA_DIR == Path(__file__).resolve().parents[1] / "storage_schemas" / "json"
 
 
-def test_version_1_stores_are_read_as_they_are():
-    """Version 2 only replaced the never-filled `features` stage by one per family: a
-    version-1 store's attributes parse, and its manifest parts come back in the current
-    columns (new ones null or false, the old unused column gone)."""
-    assert parse_store_attrs(_store_raw(schema_version=1)).schema_version == 1
+def test_manifest_parts_round_trip_per_stage():
+    """Each stage's part holds the key columns and its own; joined, they are the rows."""
+    from distillprep.storage_schemas.manifest import STAGE_COLUMNS, join_parts
+
+    table = manifest("scene-1", 3, ["rgb_jpeg"])
+    parts = {stage: part_from_parquet_bytes(to_parquet_bytes(table, stage), stage, stage)
+             for stage in ("ingest", "teacher")}
+    assert parts["teacher"].column_names == ["scene_id", "sample_index",
+                                             *STAGE_COLUMNS["teacher"]]
+    joined = join_parts(parts, "scene-1")
+    assert joined.schema.names == MANIFEST_SCHEMA.names and joined.num_rows == 3
+    assert joined.column("has_rgb_jpeg").to_pylist() == [True] * 3
+    assert joined.column("has_dino_features").to_pylist() == [False] * 3
+    shuffled = parts["teacher"].take([1, 0, 2])
+    with pytest.raises(MetadataError, match="not the scene's samples in order"):
+        join_parts({**parts, "teacher": shuffled}, "scene-1")
+    with pytest.raises(MetadataError, match="missing"):
+        part_from_parquet_bytes(to_parquet_bytes(table, "teacher"), "ingest", "part")
+
+
+def test_version_1_manifest_parts_come_back_in_the_current_columns():
+    """What `migrate` reads: a version-1 part lacks the per-family feature columns (null or
+    false) and has a `feature_norm_mean` column that nothing ever filled (dropped)."""
     current = manifest("scene-1", 3, ["rgb_jpeg"])
     old = current.drop_columns([n for n in current.column_names if "feature" in n])
     old = old.append_column("feature_norm_mean", pa.nulls(3, pa.float32()))
     sink = io.BytesIO()
     pq.write_table(old, sink)
-    read = from_parquet_bytes(sink.getvalue())
+    read = legacy_from_parquet_bytes(sink.getvalue())
     assert read.schema.names == MANIFEST_SCHEMA.names
     assert read.column("has_dino_features").to_pylist() == [False] * 3
     assert read.column("clip_feature_norm_mean").null_count == 3
-    assert from_parquet_bytes(to_parquet_bytes(read)).equals(read)

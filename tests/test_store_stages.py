@@ -1,12 +1,29 @@
-"""Adding a stage's outputs to a committed scene: carried-over arrays untouched, the
-stage's arrays and provenance checked, and the validator's rules for stage arrays."""
+"""Stage commits: a stage writes only its own arrays and manifest columns; a stage computed
+from replaced inputs is stale and hidden; two commits of one stage from the same state:
+one wins, the other is told; and the validator's rules for stage arrays."""
 
 import numpy as np
 import pytest
-from store_helpers import teacher_arrays, teacher_record
+from store_helpers import (
+    feature_arrays,
+    feature_record,
+    ingest_arrays,
+    ingest_provenance,
+    manifest,
+    scene_attrs,
+    teacher_arrays,
+    teacher_record,
+    write_scene,
+    write_teacher_stage,
+)
 
-from distillprep.storage_schemas.errors import SchemaViolationError
-from distillprep.storage_schemas.store import open_store
+from distillprep.storage_schemas.errors import (
+    CommitConflictError,
+    InputsChangedError,
+    SceneIncompleteError,
+    SchemaViolationError,
+)
+from distillprep.storage_schemas.store import create_store, open_store
 from distillprep.storage_schemas.validate import validate_store
 
 
@@ -15,71 +32,121 @@ def _first_scene(path):
     return store, store.scenes()[0]
 
 
+def _files(root, prefix):
+    return {p.relative_to(root): p.stat().st_mtime_ns
+            for p in (root / prefix).rglob("*") if p.is_file()}
+
+
 @pytest.mark.parametrize("views", [0, 5])
-def test_replace_stage_adds_arrays_and_keeps_the_rest(store_copy, views):
+def test_a_stage_commit_writes_only_its_own_arrays(store_copy, views):
     store, scene_id = _first_scene(store_copy)
-    before = {n: store.group(scene_id)[n][...] for n in store.group(scene_id).array_keys()}
-    n = store.scene_attrs(scene_id).num_samples
+    view = store.scene(scene_id)
+    ingest_files = _files(store_copy, f"scenes/{scene_id}/ingest")
+    ingest_manifest = (store_copy / view.commits["ingest"].manifest).read_bytes()
+    before = {n: view[n][...] for n in view.array_names()}
+    n = view.attrs.num_samples
     arrays = teacher_arrays(n, views)
-    store.replace_stage(scene_id, teacher_record(), arrays,
-                        {"teacher_psnr": [float(i) for i in range(n)]})
-    group = store.group(scene_id)
+    store.commit_stage(scene_id, teacher_record(store, scene_id), arrays,
+                       {"teacher_psnr": [float(i) for i in range(n)],
+                        "has_teacher_depth": [True] * n, "has_teacher_opacity": [True] * n})
+    # the ingest stage's files are the very same bytes, untouched
+    assert _files(store_copy, f"scenes/{scene_id}/ingest") == ingest_files
+    assert (store_copy / view.commits["ingest"].manifest).read_bytes() == ingest_manifest
+    view = store.scene(scene_id)
     for name, data in before.items():
-        assert np.array_equal(group[name][...], data), name
+        assert np.array_equal(view[name][...], data), name
     for name, data in arrays.items():
-        assert np.array_equal(group[name][...], data), name
-    attrs = store.scene_attrs(scene_id)
-    assert set(attrs.stages) == {"ingest", "teacher"}
+        assert np.array_equal(view[name][...], data), name
+    assert set(view.stages()) == {"ingest", "teacher"}
     manifest = store.manifest([scene_id])
     assert manifest.column("teacher_psnr").to_pylist() == list(range(n))
     assert all(manifest.column("has_teacher_depth").to_pylist())
+    assert all(manifest.column("has_rgb_jpeg").to_pylist())
     report = validate_store(store_copy, deep=True)
     assert report.ok, [str(f) for f in report.errors]
     # a second render replaces the stage: its old arrays do not linger
-    store.replace_stage(scene_id, teacher_record(), teacher_arrays(n, 2, seed=1))
-    assert store.group(scene_id)["virtual_rgb"].shape[0] == 2
+    first = view.commits["teacher"].attempt
+    write_teacher_stage(store, scene_id, teacher_arrays(n, 2, seed=1))
+    view = store.scene(scene_id)
+    assert view["virtual_rgb"].shape[0] == 2 and view.commits["teacher"].sequence == 2
+    assert not (store_copy / "scenes" / scene_id / "teacher" / first).exists()
     assert validate_store(store_copy, deep=True).ok
 
 
-def test_replace_stage_refuses_inconsistent_arrays(store_copy):
+def test_a_stage_commit_refuses_inconsistent_arrays(store_copy):
     store, scene_id = _first_scene(store_copy)
     n = store.scene_attrs(scene_id).num_samples
     arrays = teacher_arrays(n, 3)
+    record = teacher_record(store, scene_id)
     with pytest.raises(SchemaViolationError, match="do not belong to this stage"):
-        store.replace_stage(scene_id, teacher_record(), {**arrays, "lidar_depth": None})
+        store.commit_stage(scene_id, record, {**arrays, "lidar_depth": None})
     bad = {**arrays, "virtual_depth": arrays["virtual_depth"][:2]}
     with pytest.raises(SchemaViolationError, match="V = 2, but array virtual_rgb has V = 3"):
-        store.replace_stage(scene_id, teacher_record(), bad)
-    wrong_n = teacher_arrays(n + 1, 3)
-    with pytest.raises(SchemaViolationError, match=f"N = {n + 1}, but array rgb_jpeg has N = {n}"):
-        store.replace_stage(scene_id, teacher_record(), wrong_n)
-    assert "teacher" not in store.scene_attrs(scene_id).stages
+        store.commit_stage(scene_id, record, bad)
+    with pytest.raises(SchemaViolationError, match=f"N = {n + 1}, the scene has N = {n}"):
+        store.commit_stage(scene_id, record, teacher_arrays(n + 1, 3))
+    partial = {k: v for k, v in arrays.items() if k != "virtual_depth"}
+    with pytest.raises(SchemaViolationError, match=r"\['virtual_depth'\] of this stage are "
+                       "missing"):
+        store.commit_stage(scene_id, record, partial)
+    with pytest.raises(SceneIncompleteError, match="ingest it first"):
+        store.commit_stage("scene-9999", record, arrays)
+    assert "teacher" not in store.scene(scene_id).stages()
+    assert not (store_copy / "scenes" / scene_id / "teacher").exists() or not any(
+        p.name != "zarr.json" for p in (store_copy / "scenes" / scene_id / "teacher").iterdir())
 
 
-def _rewrite(store, scene_id, arrays, stages):
-    """Commit the scene with exactly `arrays` and `stages` (bypassing the stage checks)."""
-    from distillprep.storage_schemas.spec import infer_dims
+def test_a_stage_made_from_replaced_inputs_is_stale_and_hidden(tmp_path):
+    store = create_store(tmp_path / "s.zarr", "synthetic", "v0")
+    write_scene(store, "s", seed=0)
+    write_teacher_stage(store, "s", teacher_arrays(4, 2))
+    store.commit_stage("s", feature_record(store, "s", "dino"), feature_arrays("dino", 4, 2))
+    assert set(store.scene("s").stages()) == {"ingest", "teacher", "dino_features"}
+    write_scene(store, "s", seed=0)  # the same content again: nothing goes stale
+    assert set(store.scene("s").stages()) == {"ingest", "teacher", "dino_features"}
+    write_scene(store, "s", seed=1)  # other content: everything made from it goes stale
+    view = store.scene("s")
+    assert set(view.stages()) == {"ingest"} and set(view.stale) == {"teacher", "dino_features"}
+    assert "teacher_depth" not in view and "dino_features" not in view
+    with pytest.raises(SceneIncompleteError, match="stale.*run `distillprep teacher"):
+        view["teacher_depth"]
+    assert store.manifest(["s"]).column("teacher_psnr").null_count == 4
+    report = validate_store(tmp_path / "s.zarr")
+    assert report.ok
+    stale = {f.message.split()[1] for f in report.findings if f.rule == "stale-stage"}
+    assert stale == {"teacher", "dino_features"}
+    # features made before the teacher rendered are stale once it has
+    write_teacher_stage(store, "s", teacher_arrays(4, 2))
+    store.commit_stage("s", feature_record(store, "s", "clip"), feature_arrays("clip", 4, 2))
+    assert set(store.scene("s").stages()) == {"ingest", "teacher", "clip_features"}
 
-    attrs = store.scene_attrs(scene_id).model_copy(update={"stages": stages})
-    dims, _ = infer_dims({k: v.shape for k, v in arrays.items()})
-    store.write_scene(attrs, arrays, store.manifest([scene_id]), dims)
+
+def test_a_stage_whose_inputs_change_while_it_runs_is_not_committed(tmp_path):
+    store = create_store(tmp_path / "s.zarr", "synthetic", "v0")
+    write_scene(store, "s", seed=0)
+    record = teacher_record(store, "s")  # the job reads its inputs ...
+    write_scene(store, "s", seed=1)  # ... the scene is re-ingested meanwhile
+    with pytest.raises(InputsChangedError, match="replaced while it ran"):
+        store.commit_stage("s", record, teacher_arrays(4, 2))
+    assert "teacher" not in store.scene("s").heads
 
 
-def test_validator_flags_stage_arrays_without_provenance_and_missing_ones(store_copy):
-    store, scene_id = _first_scene(store_copy)
-    group = store.group(scene_id)
-    ingest = {n: group[n][...] for n in group.array_keys()}
-    n = store.scene_attrs(scene_id).num_samples
-    stages = store.scene_attrs(scene_id).stages
-    teacher = teacher_arrays(n, 3)
-    _rewrite(store, scene_id, {**ingest, **teacher}, stages)
-    rules = {f.rule for f in validate_store(store_copy).errors}
-    assert rules == {"provenance"}
-    partial = {k: v for k, v in teacher.items() if k != "virtual_depth"}
-    _rewrite(store, scene_id, {**ingest, **partial}, {**stages, "teacher": teacher_record()})
-    errors = validate_store(store_copy).errors
-    assert [f.rule for f in errors] == ["missing-array"]
-    assert "virtual_depth" in errors[0].message
+def test_two_commits_of_one_stage_from_the_same_state_one_wins(tmp_path):
+    store = create_store(tmp_path / "s.zarr", "synthetic", "v0")
+    write_scene(store, "s")
+    write_teacher_stage(store, "s", teacher_arrays(4, 1), expect_sequence=0)
+    with pytest.raises(CommitConflictError, match="another writer committed it first"):
+        write_teacher_stage(store, "s", teacher_arrays(4, 3), expect_sequence=0)
+    view = store.scene("s")
+    assert view["virtual_rgb"].shape[0] == 1 and view.commits["teacher"].sequence == 1
+    teacher_dir = tmp_path / "s.zarr" / "scenes" / "s" / "teacher"
+    assert sorted(p.name for p in teacher_dir.iterdir()) == sorted(
+        ["zarr.json", view.commits["teacher"].attempt])
+    arrays = ingest_arrays(4, 6, 8, seed=3)
+    with pytest.raises(CommitConflictError):  # a stale write of the ingest stage loses too
+        store.write_scene(scene_attrs("s", 4, 4, 6, 8), arrays, manifest("s", 4, arrays),
+                          ingest_provenance(), expect_sequence=0)
+    assert store.scene("s").commits["ingest"].sequence == 1
 
 
 def test_validator_checks_virtual_view_values(store_copy):
@@ -88,7 +155,7 @@ def test_validator_checks_virtual_view_values(store_copy):
     arrays = teacher_arrays(n, 3)
     arrays["virtual_source_sample"][1] = n  # names a sample the scene does not have
     arrays["virtual_cam_to_world"][2, :3, :3] *= 2.0  # not a rotation
-    store.replace_stage(scene_id, teacher_record(), arrays)
+    write_teacher_stage(store, scene_id, arrays)
     found = {(f.rule, f.array) for f in validate_store(store_copy).errors}
     assert found == {("value-range", "virtual_source_sample"),
                      ("pose-orthonormal", "virtual_cam_to_world")}

@@ -13,18 +13,22 @@ import pytest
 import zarr
 
 from distillprep.storage_schemas.errors import NotAStoreError
-from distillprep.storage_schemas.manifest import from_parquet_bytes, to_parquet_bytes
+from distillprep.storage_schemas.manifest import part_from_parquet_bytes, to_parquet_bytes
 from distillprep.storage_schemas.validate import format_report, validate_store
 
 SCENE = "scene-0001"
 
 
-def _commit(root: Path, scene=SCENE) -> dict:
-    return json.loads((root / "commits" / f"{scene}.json").read_text())
+def _commit_path(root: Path, scene=SCENE, stage="ingest") -> Path:
+    return sorted((root / "commits" / scene / stage).glob("*.json"))[-1]
 
 
-def _prefix(root: Path, scene=SCENE) -> Path:
-    return root / "scenes" / scene / _commit(root, scene)["attempt"]
+def _commit(root: Path, scene=SCENE, stage="ingest") -> dict:
+    return json.loads(_commit_path(root, scene, stage).read_text())
+
+
+def _prefix(root: Path, scene=SCENE, stage="ingest") -> Path:
+    return root / "scenes" / scene / stage / _commit(root, scene, stage)["attempt"]
 
 
 def _array(root: Path, name: str, mode="r+") -> zarr.Array:
@@ -39,8 +43,8 @@ def _replace_array(root: Path, name: str, data: np.ndarray) -> None:
 
 def _rewrite_manifest(root: Path, edit) -> None:
     path = root / _commit(root)["manifest"]
-    rows = from_parquet_bytes(path.read_bytes()).to_pylist()
-    path.write_bytes(to_parquet_bytes(pa.Table.from_pylist(edit(rows))))
+    rows = part_from_parquet_bytes(path.read_bytes(), "ingest", str(path)).to_pylist()
+    path.write_bytes(to_parquet_bytes(pa.Table.from_pylist(edit(rows)), "ingest"))
 
 
 def _edit_json(path: Path, edit) -> None:
@@ -90,7 +94,7 @@ def test_wrong_shape(store_copy):
 
 def test_nan_depth(store_copy):
     _array(store_copy, "lidar_depth")[3, 10, 10] = np.nan
-    _assert_caught(store_copy, "finite", "lidar_depth", "samples 0..", deep=True)
+    _assert_caught(store_copy, "finite", "lidar_depth", "rows 0..", deep=True)
 
 
 def test_truncated_shard_file(store_copy):
@@ -122,10 +126,23 @@ def test_wrong_schema_version(store_copy):
     assert "upgrade distillprep" in report.errors[0].message
 
 
-def test_missing_provenance(store_copy):
-    _edit_json(_prefix(store_copy) / "zarr.json",
-               lambda d: d["attributes"].__setitem__("stages", {}))
-    _assert_caught(store_copy, "provenance", fragment="ingest")
+def test_stage_without_ingest(store_copy):
+    shutil.rmtree(store_copy / "commits" / SCENE / "ingest")
+    (store_copy / "commits" / SCENE / "teacher").mkdir()
+    (store_copy / "commits" / SCENE / "teacher" / "00000001.json").write_text(
+        _commit_path(store_copy, "scene-0002").read_text())
+    _assert_caught(store_copy, "commit-record", fragment="records scene 'scene-0002'")
+
+
+def test_unparsable_commit_record(store_copy):
+    _commit_path(store_copy).write_text("{not json")
+    _assert_caught(store_copy, "commit-record", fragment="not valid JSON")
+
+
+def test_lidar_tables_that_do_not_add_up(store_copy):
+    counts = _array(store_copy, "lidar_sweep_points")
+    counts[...] = counts[...] + 1
+    _assert_caught(store_copy, "value-range", "lidar_sweep_points", "add up to")
 
 
 def test_non_orthonormal_pose(store_copy):
@@ -139,7 +156,9 @@ def test_non_orthonormal_pose(store_copy):
 def test_path_escaping_scene_id(store_copy):
     record = _commit(store_copy)
     record["scene_id"] = "a..b"
-    (store_copy / "commits" / "a..b.json").write_text(json.dumps(record))
+    (store_copy / "commits" / "a..b" / "ingest").mkdir(parents=True)
+    (store_copy / "commits" / "a..b" / "ingest" / "00000001.json").write_text(
+        json.dumps(record))
     report = validate_store(store_copy)
     [finding] = [f for f in report.errors if f.rule == "scene-id"]
     assert finding.scene == "a..b" and "'..'" in finding.message
@@ -157,7 +176,7 @@ def test_commit_pointing_nowhere(store_copy):
 
 
 def test_uncommitted_data_is_a_warning_not_an_error(store_copy):
-    (store_copy / "commits" / f"{SCENE}.json").unlink()
+    shutil.rmtree(store_copy / "commits" / SCENE)
     report = validate_store(store_copy)
     assert report.ok and report.scenes == 1
     assert [f.rule for f in report.findings] == ["uncommitted-scene"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..geometry import make_pose, yaw_pitch_roll_matrix
 from .rig import Rig
 from .world import World
@@ -48,9 +49,9 @@ class CaptureEvent:
 def capture_plan(rig: Rig, frames: int, sweeps: int) -> list[CaptureEvent]:
     """Every capture of a scene, in time order (ties: LiDAR first, then rig order)."""
     if frames < 1:
-        raise ValueError(f"a scene needs at least one frame, got {frames}")
+        raise ConfigError(f"a scene needs at least one frame, got {frames}")
     if not 0 <= sweeps <= 9:
-        raise ValueError(f"sweeps must be between 0 and 9, got {sweeps}")
+        raise ConfigError(f"sweeps must be between 0 and 9, got {sweeps}")
     events = []
     for k in range(frames):
         for j in range(sweeps + 1 if k < frames - 1 else 1):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, OutputExistsError
 from .builder import WorldConfig, build_world
 from .capture import CaptureEvent, capture_plan, ego_to_world, scene_duration_s
 from .nuscenes_writer import NuScenesWriter
@@ -90,18 +91,18 @@ def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None 
     removed first (never a folder of anything else)."""
     config = config or SynthConfig()
     if fmt not in WRITERS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {sorted(WRITERS)}")
+        raise ConfigError(f"unknown format {fmt!r}; choose from {sorted(WRITERS)}")
     if config.width < 16 or config.height < 16:
-        raise ValueError(f"image size {config.width}x{config.height} is too small (min 16x16)")
+        raise ConfigError(f"image size {config.width}x{config.height} is too small (min 16x16)")
     if config.scenes < 1:
-        raise ValueError(f"--scenes must be at least 1, got {config.scenes}")
+        raise ConfigError(f"--scenes must be at least 1, got {config.scenes}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace an earlier "
+            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace an earlier "
                                   "synthetic dataset there")
         if not has_ground_truth(out):
-            raise FileExistsError(f"{out} is not empty and is not an earlier `distillprep "
+            raise OutputExistsError(f"{out} is not empty and is not an earlier `distillprep "
                                   "synth` output (no ground_truth/world.json): not touching it")
         shutil.rmtree(out)
     spec = WRITERS[fmt]
