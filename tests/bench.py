@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_commit import bench_stage_commits
 from bench_features import bench_feature_codecs, bench_features, bench_position_denoising
 from bench_store import bench_store
 from bench_teacher import bench_hash_grid
@@ -87,6 +88,7 @@ def main() -> None:
               f"{(time.perf_counter() - start) / images:.3f}")
         bench_reader(root)
         bench_store(root)
+        bench_stage_commits(root)
         files = sorted(root.glob("samples/CAM_*/*.jpg"))  # 24 images across the cameras
         images = np.stack([np.asarray(Image.open(p).convert("RGB"))
                            for p in files[::max(1, len(files) // 24)][:24]])

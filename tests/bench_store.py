@@ -39,42 +39,43 @@ def _payloads(dataset: Path, repeat: int = 1):
     read = read_nuscenes(dataset)
     out = []
     for scene in read.scenes:
-        arrays, dims, manifest, sources = scene_payload(scene)
+        arrays, dims, manifest, sources, lidars = scene_payload(scene)
         if repeat > 1:  # later copies play later frames: shift times and frame numbers
             span = int(arrays["frame_timestamp_us"][-1] - arrays["frame_timestamp_us"][0]) + 1
             shift = {"timestamp_us": span, "frame_timestamp_us": span,
-                     "frame_index": dims["F"]}
+                     "lidar_timestamp_us": span, "frame_index": dims["F"],
+                     "lidar_frame_index": dims["F"]}
             arrays = {name: np.concatenate([data + k * shift.get(name, 0)
                                             for k in range(repeat)]).astype(data.dtype)
-                      if ARRAYS[name].shape[0] in ("N", "F") else data
+                      if ARRAYS[name].shape[0] in ("N", "F", "S", "P") else data
                       for name, data in arrays.items()}
-            dims = {**dims, "N": dims["N"] * repeat, "F": dims["F"] * repeat}
+            dims = {**dims, **{d: dims[d] * repeat for d in ("N", "F", "S", "P")}}
             rows = manifest.to_pylist()
             manifest = pa.Table.from_pylist(
                 [{**row, "sample_index": k * len(rows) + row["sample_index"]}
                  for k in range(repeat) for row in rows], schema=manifest.schema)
-        out.append((scene, arrays, dims, manifest, sources))
+        out.append((scene, arrays, dims, manifest, sources, lidars))
     return read.version, out
 
 
 def _write_all(store, payloads, suffix=""):
     from datetime import UTC, datetime
 
-    from distillprep.storage_schemas.attrs import SceneAttrs, StageRecord, config_hash
+    from store_helpers import ingest_provenance
 
-    stage = StageRecord(stage="ingest", config={}, config_hash=config_hash({}),
-                        package_version="bench", finished_at=datetime.now(UTC), wall_time_s=0)
-    for scene, arrays, dims, manifest, sources in payloads:
+    from distillprep.storage_schemas.attrs import SceneAttrs
+
+    for scene, arrays, dims, manifest, sources, lidars in payloads:
         attrs = SceneAttrs(scene_id=scene.scene_id + suffix, dataset="nuscenes",
                            dataset_version="bench", created=datetime.now(UTC),
-                           cameras=list(scene.camera_names), width=dims["W"], height=dims["H"],
-                           num_samples=dims["N"], num_frames=dims["F"], source_files=sources,
-                           stages={"ingest": stage})
+                           cameras=list(scene.camera_names), lidars=lidars, width=dims["W"],
+                           height=dims["H"], num_samples=dims["N"], num_frames=dims["F"],
+                           source_files=sources)
         if suffix:
             import pyarrow as pa
             manifest = manifest.set_column(0, "scene_id", pa.array(
                 [scene.scene_id + suffix] * manifest.num_rows))
-        store.write_scene(attrs, arrays, manifest, dims)
+        store.write_scene(attrs, arrays, manifest, ingest_provenance())
 
 
 def bench_store(dataset: Path) -> None:

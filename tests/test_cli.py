@@ -68,3 +68,34 @@ def test_scenes_skip_bad_reports_the_failure(small_dataset, tmp_path):
     report = json.loads(proc.stdout)
     assert len(report["scenes"]) == 1
     assert "LiDAR file is empty" in report["failures"][0]["error"]
+
+
+def test_a_bug_shows_its_traceback_and_its_own_exit_code(small_store, monkeypatch, capsys):
+    """The CLI catches only the project's own errors: a TypeError inside a stage is a bug,
+    shown whole, with an exit code that bad data never gets."""
+    from distillprep.flows.cli import main
+    from distillprep.scenes.errors import EXIT_BAD_DATA, EXIT_BUG
+    from distillprep.storage_schemas import validate
+
+    def broken(*args, **kwargs):
+        return len(None)  # a TypeError, as a real bug raises it
+
+    monkeypatch.setattr(validate, "validate_store", broken)
+    code = main(["validate", str(small_store)])
+    err = capsys.readouterr().err
+    assert code == EXIT_BUG != EXIT_BAD_DATA
+    assert "Traceback (most recent call last)" in err and "TypeError" in err
+    assert "internal error (a bug in distillprep" in err
+
+
+def test_a_looping_scene_table_ends_with_a_message(dataset_copy):
+    records = json.loads((dataset_copy / "v1.0-mini" / "sample.json").read_text())
+    scene = json.loads((dataset_copy / "v1.0-mini" / "scene.json").read_text())[1]
+    for record in records:
+        if record["token"] == scene["last_sample_token"]:
+            record["next"] = scene["first_sample_token"]
+    (dataset_copy / "v1.0-mini" / "sample.json").write_text(json.dumps(records))
+    proc = subprocess.run([CLI, "scenes", str(dataset_copy)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "scene 'scene-0002'" in proc.stderr and "loops back" in proc.stderr

@@ -175,3 +175,13 @@ def test_lidar_values_that_are_nan_fail_on_load(dataset_copy):
     scene = read_nuscenes(dataset_copy, scenes=["scene-0001"]).scenes[0]
     with pytest.raises(SceneDataError, match="NaN"):
         scene.frames[0].lidar_points()
+
+
+def test_a_sample_chain_that_loops_back_is_refused(dataset_copy):
+    """A damaged `next` pointer would make the reader walk the scene forever."""
+    scene = _table(dataset_copy, "scene")[0]
+    samples = {s["token"]: s for s in _table(dataset_copy, "sample")}
+    last = samples[scene["last_sample_token"]]
+    _edit(dataset_copy, "sample", last["token"], next=scene["first_sample_token"])
+    _expect(dataset_copy, "sample.json", "loops back to sample "
+            f"{scene['first_sample_token']}", "after 3 samples")
