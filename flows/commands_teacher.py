@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .cli_common import emit
-from .commands_store import _storage_option_argument, _storage_options
+from .cli_common import add_storage_option_argument as _storage_option_argument
+from .cli_common import storage_options as _storage_options
 
 CHECKPOINT_EVERY = 500
 
@@ -71,21 +72,17 @@ def run_fit(args) -> int:
     from tqdm import tqdm
 
     from distillprep.scenes.datasets import read_dataset
+    from distillprep.teachers.errors import TeacherDivergedError
     from distillprep.teachers.nerf.checkpoint import (
         check_matches,
         load_checkpoint,
         save_checkpoint,
+        scene_fingerprint,
     )
+    from distillprep.teachers.nerf.config import FitConfig
     from distillprep.teachers.nerf.config_io import load_config_file
-    from distillprep.teachers.nerf.fit import (
-        FitConfig,
-        TeacherDivergedError,
-        TrainingRays,
-        check_scene_for_fit,
-        start_fit,
-        train,
-    )
-    from distillprep.teachers.nerf.rays import holdout_frames
+    from distillprep.teachers.nerf.fit import TrainingRays, resume_state, start_fit, train
+    from distillprep.teachers.nerf.rays import check_scene_for_fit, holdout_frames
 
     _device(args.device)
     config = load_config_file(FitConfig, args.config) if args.config else None
@@ -104,8 +101,8 @@ def run_fit(args) -> int:
     scene = read.scenes[0]
     check_scene_for_fit(scene)
     if checkpoint is not None:
-        check_matches(checkpoint, scene, config)
-        state, frames = checkpoint.state, checkpoint.frames
+        check_matches(checkpoint, scene.scene_id, scene_fingerprint(scene), config)
+        state, frames = resume_state(checkpoint), checkpoint.frames
         config = state.teacher.config
     else:
         config = config or FitConfig()
@@ -123,7 +120,8 @@ def run_fit(args) -> int:
     saved = {"step": state.step if resumed else None}
 
     def save():
-        save_checkpoint(args.out, state, scene, frames, source)
+        save_checkpoint(args.out, state, scene.scene_id, scene_fingerprint(scene), frames,
+                        source)
         saved["step"] = state.step
 
     bar = tqdm(total=steps, initial=state.step, unit="step", disable=args.json,
@@ -174,9 +172,13 @@ def run_render(args) -> int:
     from distillprep.storage_schemas.attrs import StageRecord, config_hash
     from distillprep.storage_schemas.ingest import ingest_scene
     from distillprep.storage_schemas.store import create_store, package_version
-    from distillprep.teachers.nerf.checkpoint import check_matches, load_checkpoint
+    from distillprep.teachers.nerf.checkpoint import (
+        check_matches,
+        load_checkpoint,
+        scene_fingerprint,
+    )
+    from distillprep.teachers.nerf.config import FitConfig
     from distillprep.teachers.nerf.config_io import load_config_file, to_dict
-    from distillprep.teachers.nerf.fit import FitConfig
     from distillprep.teachers.nerf.outputs import RenderConfig, render_outputs
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -190,7 +192,7 @@ def run_render(args) -> int:
                         sweeps=bool(source.get("sweeps", False)))
     fitted_on = read.scenes[0]
     expected = load_config_file(FitConfig, args.config) if args.config else None
-    check_matches(checkpoint, fitted_on, expected)
+    check_matches(checkpoint, fitted_on.scene_id, scene_fingerprint(fitted_on), expected)
     # the store holds keyframes: render those; a keyframe the fit did not see is held out
     scene = fitted_on.keyframes_only()
     fitted_times = {fitted_on.frames[i].timestamp_us for i in checkpoint.frames}
@@ -210,7 +212,7 @@ def run_render(args) -> int:
         ingest_scene(store, scene, {"dataset": scene.dataset, "version": read.version,
                                     "sweeps": False})
     _check_store_scene(store, scene)
-    teacher = checkpoint.state.teacher
+    teacher = checkpoint.teacher
     outputs = render_outputs(teacher, scene, fitted_keyframes, render_config,
                              progress=None if args.json else lambda it: tqdm(
                                  it, unit="image", file=sys.stderr))
@@ -219,9 +221,9 @@ def run_render(args) -> int:
     record = StageRecord(
         stage="teacher", config=config, config_hash=config_hash(config),
         package_version=package_version(), finished_at=datetime.now(UTC),
-        wall_time_s=checkpoint.state.wall_time_s + outputs.figures["render_time_s"],
-        extra={"backend": checkpoint.backend, "steps": checkpoint.state.step,
-               "fit_wall_time_s": round(checkpoint.state.wall_time_s, 1),
+        wall_time_s=checkpoint.wall_time_s + outputs.figures["render_time_s"],
+        extra={"backend": checkpoint.backend, "steps": checkpoint.step,
+               "fit_wall_time_s": round(checkpoint.wall_time_s, 1),
                "final_losses": {k: history.get(k) for k in ("rgb_loss", "depth_loss")},
                "fitted_frames": fitted_keyframes,
                "fitted_sweep_frames": len(checkpoint.frames) - len(fitted_keyframes),

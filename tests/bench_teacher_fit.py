@@ -27,18 +27,13 @@ from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
 from distillprep.scenes.synthetic.render import render_view as exact_view
 from distillprep.scenes.synthetic.truth import load_ground_truth_depth, moving_object_mask
+from distillprep.teachers.nerf.config import FitConfig
 from distillprep.teachers.nerf.evaluate import depth_metrics, lidar_nearest_fill, psnr
-from distillprep.teachers.nerf.fit import (
-    FitConfig,
-    build_teacher,
-    new_state,
-    start_fit,
-    train,
-    train_step,
-)
+from distillprep.teachers.nerf.fit import new_state, start_fit, train, train_step
 from distillprep.teachers.nerf.outputs import RenderConfig, static_density
 from distillprep.teachers.nerf.rays import holdout_frames
 from distillprep.teachers.nerf.render import render_image, render_view, sample_time
+from distillprep.teachers.nerf.teacher import build_teacher
 from distillprep.teachers.nerf.virtual import plan_virtual_views
 
 

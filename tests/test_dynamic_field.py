@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from distillprep.teachers.nerf.contraction import SceneBox, contract
 from distillprep.teachers.nerf.dynamic import (
     DynamicField,
     DynamicFieldConfig,
@@ -18,6 +17,7 @@ from distillprep.teachers.nerf.dynamic import (
 )
 from distillprep.teachers.nerf.field import FieldConfig, density_activation
 from distillprep.teachers.nerf.hash_grid import HashGridConfig
+from distillprep.teachers.volume.contraction import SceneBox, contract
 
 BOX = SceneBox((-20.0, -10.0, -2.0), (30.0, 10.0, 6.0))
 TINY = DynamicFieldConfig(

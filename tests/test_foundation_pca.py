@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from distillprep.teachers.errors import TeacherConfigError, TeacherDataError
 from distillprep.teachers.foundation.pca import (
     CovarianceSum,
     _pca_reference,
@@ -72,8 +73,8 @@ def test_text_query_on_reduced_features_equals_it_on_the_reconstruction():
 def test_bad_requests_are_clear():
     sums = CovarianceSum(4)
     sums.add(np.ones((1, 4)))
-    with pytest.raises(ValueError, match="at least 2 feature vectors"):
+    with pytest.raises(TeacherDataError, match="at least 2 feature vectors"):
         fit_pca(sums, 2)
     sums.add(np.zeros((3, 4)))
-    with pytest.raises(ValueError, match="choose 1..4"):
+    with pytest.raises(TeacherConfigError, match="choose 1..4"):
         fit_pca(sums, 5)

@@ -20,10 +20,11 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
                     "-q", "-w", str(wheels), str(source)], check=True, capture_output=True)
     [wheel] = wheels.glob("distillprep-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for pkg in ("scenes", "scenes/synthetic", "teachers", "teachers/nerf", "storage_schemas",
-                "student", "flows"):
+    for pkg in ("scenes", "scenes/synthetic", "teachers", "teachers/nerf", "teachers/volume",
+                "teachers/foundation", "storage_schemas", "student", "flows"):
         assert f"distillprep/{pkg}/__init__.py" in names
     assert "distillprep/storage_schemas/json/store_attrs.schema.json" in names
+    assert "distillprep/teachers/nerf/hash_kernel.cpp" in names  # built from beside its .py
     assert not any(n.startswith(("flows/", "scenes/", "tests/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "distillprep = distillprep.flows.cli:main" in zipfile.ZipFile(wheel).read(

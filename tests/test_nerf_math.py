@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from distillprep.teachers.nerf.contraction import (
-    SceneBox,
-    _contract_reference,
-    contract,
-    uncontract,
-)
-from distillprep.teachers.nerf.rendering import (
+from distillprep.teachers.volume.compositing import (
     _distortion_loss_reference,
     _render_weights_reference,
     composite,
     distortion_loss,
     expected_depth,
     render_weights,
+)
+from distillprep.teachers.volume.contraction import (
+    SceneBox,
+    _contract_reference,
+    contract,
+    uncontract,
 )
 
 BOX = SceneBox((-40.0, -30.0, -2.0), (60.0, 30.0, 10.0))
@@ -153,7 +153,7 @@ def test_distortion_loss_prefers_one_surface_to_a_floater():
 
 
 def test_median_depth_matches_the_reference_and_sits_on_a_surface():
-    from distillprep.teachers.nerf.rendering import _median_depth_reference, median_depth
+    from distillprep.teachers.volume.compositing import _median_depth_reference, median_depth
 
     rng = np.random.default_rng(5)
     weights = rng.random((50, 12)) * (rng.random((50, 12)) < 0.6)

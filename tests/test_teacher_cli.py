@@ -18,11 +18,8 @@ from distillprep.flows.cli import main
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.storage_schemas.reader import SceneReader
 from distillprep.storage_schemas.store import open_store
-from distillprep.teachers.nerf.checkpoint import (
-    CheckpointError,
-    check_matches,
-    load_checkpoint,
-)
+from distillprep.teachers.errors import CheckpointError
+from distillprep.teachers.nerf.checkpoint import check_matches, load_checkpoint, scene_fingerprint
 from distillprep.teachers.nerf.config_io import to_dict
 
 SCENE = "scene-0001"
@@ -101,7 +98,7 @@ def test_resume_equals_an_uninterrupted_fit(small_dataset, tmp_path, capsys):
     assert _fit(small_dataset, parts, constant, "--steps", "30") == 0
     last = json.loads(capsys.readouterr().out)
     assert last["resumed"] and last["step"] == 30
-    a, b = load_checkpoint(whole).state, load_checkpoint(parts).state
+    a, b = load_checkpoint(whole), load_checkpoint(parts)
     assert a.step == b.step == 30
     for (name, x), y in zip(a.teacher.field.state_dict().items(),
                             b.teacher.field.state_dict().values(), strict=True):
@@ -124,12 +121,12 @@ def test_a_killed_fit_resumes_to_the_same_teacher(small_dataset, tiny_config, tm
     time.sleep(0.3)  # let it get into its next checkpoint interval
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(ckpt).state.step
+    killed_at = load_checkpoint(ckpt).step
     assert 10 <= killed_at < int(TOTAL) and killed_at % 10 == 0
     # the same command resumed: the learning-rate schedule over TOTAL steps goes on
     assert _fit(small_dataset, ckpt, tiny_config, "--steps", TOTAL) == 0
     assert _fit(small_dataset, reference, tiny_config, "--steps", TOTAL) == 0
-    a, b = load_checkpoint(ckpt).state, load_checkpoint(reference).state
+    a, b = load_checkpoint(ckpt), load_checkpoint(reference)
     assert a.step == b.step
     for (name, x), y in zip(a.teacher.field.state_dict().items(),
                             b.teacher.field.state_dict().values(), strict=True):
@@ -143,7 +140,7 @@ def test_checkpoints_of_another_scene_or_config_are_refused(small_dataset, tiny_
     assert _fit(small_dataset, ckpt, tiny_config, "--steps", "2") == 0
     other = read_nuscenes(small_dataset, scenes=["scene-0002"]).scenes[0]
     with pytest.raises(CheckpointError, match="fitted on scene 'scene-0001', not 'scene-0002'"):
-        check_matches(load_checkpoint(ckpt), other)
+        check_matches(load_checkpoint(ckpt), other.scene_id, scene_fingerprint(other))
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps({**to_dict(TINY), "learning_rate": 0.5}))
     capsys.readouterr()
@@ -172,28 +169,28 @@ def test_bad_checkpoint_and_config_files_are_named(small_dataset, tiny_config, t
     assert "not a distillprep teacher checkpoint" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"hiden": 3}}))
-    assert _fit(small_dataset, tmp_path / "t.pt", bad) == 1
+    assert _fit(small_dataset, tmp_path / "t.pt", bad) == 2  # a config error: bad usage
     err = capsys.readouterr().err
     assert f"config file {bad}.model: unknown field(s) ['hiden']" in err
 
 
 def test_nan_loss_names_the_step_and_the_last_good_checkpoint(small_dataset, tiny_config,
                                                               tmp_path, capsys, monkeypatch):
-    import distillprep.teachers.nerf.fit as fit_module
+    import distillprep.teachers.nerf.teacher as teacher_module
 
     ckpt = tmp_path / "teacher.pt"
     calls = []
-    real = fit_module.render_weights
+    real = teacher_module.render_weights
 
     def poisoned(sigma, t_start, t_end):  # two renders per step: step 13 goes bad
         calls.append(1)
         weights = real(sigma, t_start, t_end)
         return weights * float("nan") if len(calls) == 25 else weights
 
-    monkeypatch.setattr(fit_module, "render_weights", poisoned)
+    monkeypatch.setattr(teacher_module, "render_weights", poisoned)
     assert _fit(small_dataset, ckpt, tiny_config, "--steps", "30",
                 "--checkpoint-every", "10") == 1
     err = capsys.readouterr().err
     assert "loss became nan at step 13" in err
     assert f"last good checkpoint: {ckpt} (step 10)" in err
-    assert load_checkpoint(ckpt).state.step == 10
+    assert load_checkpoint(ckpt).step == 10

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from distillprep.teachers.nerf.config import FitConfig
 from distillprep.teachers.nerf.config_io import (
     ConfigError,
     from_dict,
@@ -11,7 +12,6 @@ from distillprep.teachers.nerf.config_io import (
     load_config_file,
     to_dict,
 )
-from distillprep.teachers.nerf.fit import FitConfig
 from distillprep.teachers.nerf.outputs import RenderConfig
 
 

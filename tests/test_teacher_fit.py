@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.teachers.errors import TeacherDivergedError
+from distillprep.teachers.nerf.config import FitConfig
 from distillprep.teachers.nerf.field import FieldConfig
-from distillprep.teachers.nerf.fit import FitConfig, build_teacher, fit, render_rays
+from distillprep.teachers.nerf.fit import fit
 from distillprep.teachers.nerf.hash_grid import HashGridConfig
 from distillprep.teachers.nerf.rays import camera_rays, lidar_rays
 from distillprep.teachers.nerf.sampler import RaySampling, SamplerConfig
+from distillprep.teachers.nerf.teacher import build_teacher, render_rays
 
 TINY = FitConfig(
     model=FieldConfig(grid=HashGridConfig(levels=8, log2_table_size=14, base_resolution=8,
@@ -48,20 +51,22 @@ def test_short_fit_learns_colour_and_depth(small_dataset):
 
 
 def test_nan_loss_stops_the_fit_naming_the_step(small_dataset, monkeypatch):
-    import distillprep.teachers.nerf.fit as fit_module
+    import distillprep.teachers.nerf.teacher as teacher_module
 
     calls = []
-    real = fit_module.render_weights
+    real = teacher_module.render_weights
 
     def poisoned(sigma, t_start, t_end):  # the third rendering (step 2) goes bad
         calls.append(1)
         weights = real(sigma, t_start, t_end)
         return weights * float("nan") if len(calls) == 3 else weights
 
-    monkeypatch.setattr(fit_module, "render_weights", poisoned)
+    monkeypatch.setattr(teacher_module, "render_weights", poisoned)
     scene = read_nuscenes(small_dataset, scenes=["scene-0001"]).scenes[0]
-    with pytest.raises(FloatingPointError, match="at step 2"):
+    with pytest.raises(TeacherDivergedError, match="at step 2") as info:
         fit(scene, [0, 1, 2], FitConfig(**{**TINY.__dict__, "steps": 5}))
+    assert info.value.step == 2 and isinstance(info.value, FloatingPointError)
+    assert info.value.kind == "diverged" and not info.value.retryable
 
 
 def test_distortion_loss_enters_the_step_and_pulls_weight_together(small_dataset):

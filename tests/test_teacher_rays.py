@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distillprep.scenes import SceneDataError
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.synthetic.truth import load_ground_truth_depth
+from distillprep.teachers.errors import TeacherDataError
 from distillprep.teachers.nerf.rays import (
     camera_rays,
     check_scene_for_fit,
@@ -61,7 +61,7 @@ def _with_keyframes(scene, flags):
 def test_holdout_frames_sit_between_training_frames(scene):
     train, held = holdout_frames(_with_keyframes(scene, [True] * 10), 2)
     assert held == [3, 6] and sorted(train + held) == list(range(10))
-    with pytest.raises(ValueError, match="scene-0001.*4 keyframes leave fewer than 3"):
+    with pytest.raises(TeacherDataError, match="scene-0001.*4 keyframes leave fewer than 3"):
         holdout_frames(_with_keyframes(scene, [True] * 4), 2)
 
 
@@ -78,14 +78,14 @@ def test_holdout_frames_hold_out_keyframes_and_train_on_the_sweeps_around_them(s
 
 def test_fit_input_checks(scene, small_dataset, tmp_path):
     check_scene_for_fit(scene)  # the synthetic scene is fine
-    with pytest.raises(SceneDataError, match="at least 5"):
+    with pytest.raises(TeacherDataError, match="at least 5"):
         check_scene_for_fit(scene, min_frames=5)
     root = shutil.copytree(small_dataset, tmp_path / "ds")
     victim = root / scene.frames[0].cameras["CAM_BACK"].source_file.split(
         str(small_dataset) + "/")[1]
     Image.new("RGB", Image.open(victim).size).save(victim, quality=95)
     dark = read_nuscenes(root, scenes=["scene-0001"]).scenes[0]
-    with pytest.raises(SceneDataError, match="all black") as info:
+    with pytest.raises(TeacherDataError, match="all black") as info:
         check_scene_for_fit(dark)
     assert info.value.file.endswith(victim.name)
 
@@ -94,6 +94,6 @@ def test_fit_input_without_lidar_fails_early(scene):
     from dataclasses import replace
 
     bare = replace(scene, frames=tuple(replace(f, lidar=()) for f in scene.frames))
-    with pytest.raises(SceneDataError, match="no LiDAR sweeps") as info:
+    with pytest.raises(TeacherDataError, match="no LiDAR sweeps") as info:
         check_scene_for_fit(bare)
     assert info.value.scene == "scene-0001"

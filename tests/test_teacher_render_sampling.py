@@ -5,12 +5,13 @@ proposal, finds it to a few centimetres."""
 import numpy as np
 import torch
 
-from distillprep.teachers.nerf.contraction import SceneBox, uncontract
+from distillprep.teachers.nerf.config import FitConfig
 from distillprep.teachers.nerf.field import FieldConfig, StaticField
-from distillprep.teachers.nerf.fit import FitConfig, Teacher, render_rays
 from distillprep.teachers.nerf.hash_grid import HashGridConfig
 from distillprep.teachers.nerf.render import RENDER_SAMPLING
 from distillprep.teachers.nerf.sampler import OccupancyGrid, RaySampling, SamplerConfig
+from distillprep.teachers.nerf.teacher import Teacher, render_rays
+from distillprep.teachers.volume.contraction import SceneBox, uncontract
 
 BOX = SceneBox((-20.0, -20.0, -5.0), (20.0, 20.0, 15.0))
 

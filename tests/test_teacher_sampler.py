@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from distillprep.teachers.nerf.contraction import SceneBox
 from distillprep.teachers.nerf.sampler import (
     OccupancyGrid,
     RaySamples,
@@ -14,6 +13,7 @@ from distillprep.teachers.nerf.sampler import (
     candidate_edges,
     resample,
 )
+from distillprep.teachers.volume.contraction import SceneBox
 
 BOX = SceneBox((-20.0, -20.0, -5.0), (20.0, 20.0, 15.0))
 

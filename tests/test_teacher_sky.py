@@ -119,8 +119,8 @@ def _sky_head_psnr(sky_grid, steps: int = 300) -> float:
     import torch
 
     from distillprep.scenes.synthetic.shading import sky_color
-    from distillprep.teachers.nerf.contraction import SceneBox
     from distillprep.teachers.nerf.field import FieldConfig, StaticField
+    from distillprep.teachers.volume.contraction import SceneBox
 
     torch.manual_seed(0)
     field = StaticField(dataclasses.replace(FieldConfig(), sky_grid=sky_grid),

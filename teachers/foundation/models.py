@@ -10,6 +10,8 @@ from typing import Literal
 
 import torch
 
+from distillprep.teachers.errors import TeacherConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # open_clip.constants.OPENAI_DATASET_MEAN / _STD: the statistics CLIP was trained with
@@ -57,7 +59,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
 def model_spec(name: str) -> ModelSpec:
     """The spec of a model by our name; a clear error listing the names otherwise."""
     if name not in MODELS:
-        raise ValueError(f"unknown feature model {name!r}: choose one of {', '.join(MODELS)}")
+        raise TeacherConfigError(f"unknown feature model {name!r}: choose one of "
+                                 f"{', '.join(MODELS)}")
     return MODELS[name]
 
 
@@ -101,5 +104,6 @@ def strided_grid(spec: ModelSpec, grid: tuple[int, int], stride: int | None,
     pixels (None: the patch size, non-overlapping) instead."""
     stride = stride or spec.patch
     if not 1 <= stride <= spec.patch:
-        raise ValueError(f"{spec.name}: stride {stride} must be 1..{spec.patch} (the patch)")
+        raise TeacherConfigError(f"{spec.name}: stride {stride} must be 1..{spec.patch} "
+                                 "(the patch)")
     return tuple((g - 1) * spec.patch // stride + 1 for g in grid)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distillprep.teachers.errors import TeacherConfigError, TeacherDataError
+
 
 class CovarianceSum:
     """Running sums of D-wide feature vectors (float64)."""
@@ -58,9 +60,11 @@ def fit_pca(sums: CovarianceSum, channels: int) -> PCA:
     covariance, divided by the count)."""
     width = len(sums.total)
     if not 1 <= channels <= width:
-        raise ValueError(f"PCA to {channels} channels: choose 1..{width} (the feature width)")
+        raise TeacherConfigError(f"PCA to {channels} channels: choose 1..{width} (the "
+                                 "feature width)")
     if sums.count < 2:
-        raise ValueError(f"PCA needs at least 2 feature vectors, got {sums.count}")
+        raise TeacherDataError(None, None, f"PCA needs at least 2 feature vectors, got "
+                               f"{sums.count}")
     mean = sums.total / sums.count
     covariance = sums.outer / sums.count - np.outer(mean, mean)
     values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+from distillprep.scenes.errors import DataError
+from distillprep.teachers.errors import TeacherError
+
 from .models import ModelSpec
 
 WEIGHTS_DIR_ENV = "DISTILLPREP_WEIGHTS_DIR"
@@ -29,7 +32,7 @@ WEIGHTS_DIR_ENV = "DISTILLPREP_WEIGHTS_DIR"
 `--weights` file is given."""
 
 
-class WeightsError(ValueError):
+class WeightsError(TeacherError, DataError):
     """A weights file that cannot be used."""
 
 

@@ -1,10 +1,15 @@
 """Teacher checkpoints: one `torch.save` file holding the field, the occupancy grid, the
 optimiser and ray-sampler state, the config and what scene it was fitted on.
 
-Loaded with `torch.load(weights_only=True)` only (plain containers and tensors, no pickled
-code). Written atomically (temporary file, then rename), so a killed fit leaves the previous
-checkpoint intact. A checkpoint names its scene by id and by a fingerprint of the scene's
-frames and images; `check_matches` refuses one from another scene or config.
+Loaded with `torch.load(weights_only=True, map_location="cpu")` only (plain containers and
+tensors, no pickled code), then moved to the device asked for. Written atomically
+(temporary file, then rename), so a killed fit leaves the previous checkpoint intact. A
+checkpoint names its scene by id and by a content fingerprint the caller supplies (an
+opaque string: the SHA-256 of the scene's ingested content, or `scene_fingerprint` of a
+scene read from a dataroot); `check_matches` refuses one from another scene or config.
+
+Loading is all rendering needs and imports no training code: the optimiser state stays
+a plain dict here, and `fit.resume_state` builds the optimiser of a resumed fit from it.
 """
 
 from __future__ import annotations
@@ -14,25 +19,26 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from distillprep.scenes.model import Scene
+from distillprep.teachers.errors import CheckpointError
+from distillprep.teachers.volume.contraction import SceneBox
 
+from .config import FitConfig
 from .config_io import RUN_LENGTH_FIELDS, from_dict, identity_hash, to_dict
-from .contraction import SceneBox
 from .dynamic import DynamicField
 from .field import StaticField
-from .fit import FitConfig, FitState, Teacher, new_state
 from .sampler import OccupancyGrid
+from .teacher import Teacher
+
+if TYPE_CHECKING:  # fit imports this module; a checkpoint is loaded without fit
+    from .fit import FitState
 
 FORMAT = "distillprep-teacher-checkpoint"
 VERSION = 3  # 3: hash tables laid out and indexed as tiny-cuda-nn does
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not belong to the scene / config given."""
 
 
 def scene_fingerprint(scene: Scene) -> str:
@@ -47,37 +53,50 @@ def scene_fingerprint(scene: Scene) -> str:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint."""
+    """A loaded checkpoint: the teacher, ready to render, and what a resumed fit needs
+    (`fit.resume_state` builds the fit from it)."""
 
-    state: FitState
+    teacher: Teacher
+    """On the device it was loaded to."""
+    step: int
+    """Steps the fit had taken."""
+    wall_time_s: float
+    """Seconds spent in steps (over all runs of a resumed fit)."""
+    optimizer_state: dict[str, Any]
+    """The optimiser's `state_dict()`, tensors on the CPU."""
+    rng_state: dict[str, Any]
+    """The ray sampler's numpy bit-generator state."""
     scene_id: str
     fingerprint: str
+    """Content fingerprint of the scene it was fitted on, as the fit's caller gave it."""
     frames: list[int]
     """Frames the teacher was fitted on (the others were held out)."""
     backend: str
     """Hash-encoding backend that fitted it."""
-    source: dict[str, str]
+    source: dict[str, Any]
     """Where the scene was read from: dataset, dataroot, version."""
     path: Path
 
 
-def save_checkpoint(path: str | Path, state: FitState, scene: Scene, frames: list[int],
-                    source: dict[str, str] | None = None) -> Path:
-    """Write `state` atomically to `path`; `source` says where the scene was read from
-    (dataset, dataroot, version), so that rendering can find it again."""
+def save_checkpoint(path: str | Path, state: FitState, scene_id: str, fingerprint: str,
+                    frames: list[int], source: dict[str, Any] | None = None) -> Path:
+    """Write `state` (a fit of `frames` of scene `scene_id`, whose content has
+    `fingerprint`) atomically to `path`; `source` says where the scene was read from
+    (dataset, dataroot, version), so that rendering can find it again. Tensors on any
+    device; a checkpoint loads on every device."""
     path = Path(path)
     teacher = state.teacher
     payload = {
         "format": FORMAT, "version": VERSION,
-        "scene_id": scene.scene_id, "fingerprint": scene_fingerprint(scene),
-        "num_cameras": len(scene.camera_names), "frames": list(frames),
+        "scene_id": scene_id, "fingerprint": fingerprint,
+        "num_cameras": teacher.field.num_cameras, "frames": list(frames),
         "source": json.dumps(source or {}),
         "config": json.dumps(to_dict(teacher.config)),
         "config_hash": identity_hash(teacher.config),
         "backend": teacher.field.grid.backend,
         "box": [list(teacher.field.box.lower), list(teacher.field.box.upper)],
-        "occupancy": teacher.grid.occupied.clone(),
-        "occupancy_in_use": teacher.grid.in_use.clone(),
+        "occupancy": teacher.grid.occupied.to("cpu", copy=True),
+        "occupancy_in_use": teacher.grid.in_use.to("cpu", copy=True),
         "field": teacher.field.state_dict(),
         "dynamic": teacher.dynamic.state_dict() if teacher.dynamic is not None else {},
         "duration_s": teacher.duration_s,
@@ -96,8 +115,15 @@ def save_checkpoint(path: str | Path, state: FitState, scene: Scene, frames: lis
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint (weights_only); CheckpointError names the file and the problem."""
+def damaged(path: str | Path, exc: Exception) -> CheckpointError:
+    """The error of a checkpoint whose content does not fit together (`exc` says how)."""
+    return CheckpointError(f"checkpoint {path}: damaged or inconsistent: "
+                           f"{str(exc).splitlines()[0][:300]}")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint (weights_only, onto the CPU) and move its teacher to `device`;
+    CheckpointError names the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -129,31 +155,33 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             dynamic.load_state_dict(raw["dynamic"])
         teacher = Teacher(field, grid, config, json.loads(raw["history"]), dynamic,
                           float(raw["duration_s"]))
-        state = new_state(teacher)
-        state.optimizer.load_state_dict(raw["optimizer"])
-        state.rng.bit_generator.state = json.loads(raw["rng"])
-        state.step, state.wall_time_s = int(raw["step"]), float(raw["wall_time_s"])
+        optimizer, rng = raw["optimizer"], json.loads(raw["rng"])
+        if not isinstance(optimizer, dict) or not isinstance(rng, dict):
+            raise ValueError("optimiser or ray sampler state is not a table")
+        checkpoint = Checkpoint(
+            teacher, int(raw["step"]), float(raw["wall_time_s"]), optimizer, rng,
+            raw["scene_id"], raw["fingerprint"], list(raw["frames"]), raw["backend"],
+            json.loads(raw.get("source", "{}")), path)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: damaged or inconsistent: "
-                              f"{str(exc).splitlines()[0][:300]}") from None
-    return Checkpoint(state, raw["scene_id"], raw["fingerprint"], list(raw["frames"]),
-                      raw["backend"], json.loads(raw.get("source", "{}")), path)
+        raise damaged(path, exc) from None
+    teacher.to(device)  # outside the try: a device torch cannot use is not a damaged file
+    return checkpoint
 
 
-def check_matches(checkpoint: Checkpoint, scene: Scene, config: FitConfig | None = None,
-                  ) -> None:
-    """Refuse a checkpoint fitted on another scene, or with a config that fits a
-    different teacher (run-length fields such as `steps` may differ)."""
+def check_matches(checkpoint: Checkpoint, scene_id: str, fingerprint: str,
+                  config: FitConfig | None = None) -> None:
+    """Refuse a checkpoint fitted on another scene than `scene_id` with content
+    `fingerprint` (the same kind of fingerprint the fit saved), or with a config that fits
+    a different teacher (run-length fields such as `steps` may differ)."""
     where = f"checkpoint {checkpoint.path}"
-    if checkpoint.scene_id != scene.scene_id:
+    if checkpoint.scene_id != scene_id:
         raise CheckpointError(f"{where} was fitted on scene {checkpoint.scene_id!r}, not "
-                              f"{scene.scene_id!r}")
-    if checkpoint.fingerprint != scene_fingerprint(scene):
-        raise CheckpointError(f"{where}: scene {scene.scene_id!r} differs from the one it was "
+                              f"{scene_id!r}")
+    if checkpoint.fingerprint != fingerprint:
+        raise CheckpointError(f"{where}: scene {scene_id!r} differs from the one it was "
                               "fitted on (other frames or images under the same id)")
-    if config is not None and identity_hash(config) != identity_hash(
-            checkpoint.state.teacher.config):
-        ours, theirs = to_dict(config), to_dict(checkpoint.state.teacher.config)
+    if config is not None and identity_hash(config) != identity_hash(checkpoint.teacher.config):
+        ours, theirs = to_dict(config), to_dict(checkpoint.teacher.config)
         changed = sorted(k for k in ours if ours[k] != theirs.get(k)
                          and k not in RUN_LENGTH_FIELDS)
         raise CheckpointError(f"{where} was fitted with another config (differs in "
@@ -163,5 +191,5 @@ def check_matches(checkpoint: Checkpoint, scene: Scene, config: FitConfig | None
 def summary(checkpoint: Checkpoint) -> dict[str, Any]:
     """Plain facts for the CLI."""
     return {"path": str(checkpoint.path), "scene_id": checkpoint.scene_id,
-            "step": checkpoint.state.step, "wall_time_s": round(checkpoint.state.wall_time_s, 1),
+            "step": checkpoint.step, "wall_time_s": round(checkpoint.wall_time_s, 1),
             "backend": checkpoint.backend, "frames": checkpoint.frames}

@@ -13,14 +13,17 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from distillprep.teachers.errors import TeacherConfigError
+
 T = TypeVar("T")
 
 RUN_LENGTH_FIELDS = frozenset({"steps", "log_every"})
 """Fields that say how long to run, not what is fitted: a resumed fit may change them."""
 
 
-class ConfigError(ValueError):
-    """A teacher config file or value that cannot be used."""
+ConfigError = TeacherConfigError
+"""A teacher config file or value that cannot be used (also a `ValueError` and the
+project's `ConfigError`: the CLI exits 2)."""
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .contraction import SceneBox, contract
+from distillprep.teachers.errors import TeacherConfigError
+from distillprep.teachers.volume.contraction import SceneBox, contract
+
 from .field import density_activation
 from .hash_grid import HashGrid, HashGridConfig
 
@@ -63,7 +65,8 @@ class DynamicField(nn.Module):
                  seed: int = 1):
         super().__init__()
         if config.grid.input_dim != 4:
-            raise ValueError(f"the dynamic field's grid needs input_dim 4 (xyz + t), got "
+            raise TeacherConfigError(f"the dynamic field's grid needs input_dim 4 (xyz + t), "
+                                     f"got "
                              f"{config.grid.input_dim}")
         self.config, self.box = config, box
         self.time_scale = time_scale(config, duration_s)
@@ -96,11 +99,11 @@ def time_scale(config: DynamicFieldConfig, duration_s: float) -> float:
 
 
 def check_compatible(dynamic: DynamicFieldConfig, geometry_features: int) -> None:
-    """Raise unless the dynamic field's features fit a colour head built for
-    `geometry_features` (the static field's `FieldConfig.geometry_features`)."""
+    """Raise TeacherConfigError unless the dynamic field's features fit a colour head
+    built for `geometry_features` (the static field's `FieldConfig.geometry_features`)."""
     if dynamic.geometry_features != geometry_features:
-        raise ValueError(f"dynamic field has {dynamic.geometry_features} geometry features, "
-                         f"the static colour head takes {geometry_features}")
+        raise TeacherConfigError(f"dynamic field has {dynamic.geometry_features} geometry "
+                                 f"features, the static colour head takes {geometry_features}")
 
 
 def blend(sigma_s: torch.Tensor, rgb_s: torch.Tensor, sigma_d: torch.Tensor,

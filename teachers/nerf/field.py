@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .contraction import SceneBox, contract
+from distillprep.teachers.volume.contraction import SceneBox, contract
+
 from .hash_grid import HashGrid, HashGridConfig
 
 SKY_GRID = HashGridConfig(levels=8, features_per_level=2, log2_table_size=16,
@@ -63,6 +64,8 @@ class StaticField(nn.Module):
     def __init__(self, config: FieldConfig, box: SceneBox, num_cameras: int):
         super().__init__()
         self.config, self.box = config, box
+        self.num_cameras = num_cameras
+        """Cameras of the scene (rows of the appearance embedding)."""
         self.grid = HashGrid(config.grid)
         self.density_mlp = _mlp(config.grid.output_dim, config.hidden,
                                 1 + config.geometry_features)

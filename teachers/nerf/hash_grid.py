@@ -194,7 +194,7 @@ def hash_encode_naive(x: torch.Tensor, table: torch.Tensor, config: HashGridConf
         res, size = int(resolutions[level]), int(sizes[level])
         feats = 0.0
         for corner in offsets:
-            c = base + torch.as_tensor(corner)
+            c = base + torch.as_tensor(corner, device=x.device)
             if dense[level]:
                 idx = (sum(c[:, i] * res**i for i in range(x.shape[1])) & 0xFFFFFFFF) % size
             else:

@@ -17,11 +17,12 @@ from PIL import Image
 
 from distillprep.scenes.model import CameraSample, Scene
 from distillprep.scenes.projection import MIN_DEPTH
+from distillprep.teachers.errors import TeacherConfigError
 
 from .evaluate import psnr
-from .fit import Teacher
 from .render import RENDER_CHUNK, RENDER_SAMPLING, render_view, sample_time, scaled_camera
 from .sampler import RaySampling
+from .teacher import Teacher
 from .virtual import VirtualViewConfig, plan_arrays, plan_virtual_views, render_size
 
 DEPTH_KINDS = {"expected": "depth", "median": "median_depth"}
@@ -46,8 +47,12 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         if self.depth not in DEPTH_KINDS:
-            raise ValueError(f"render config depth {self.depth!r}: use "
-                             f"{' or '.join(map(repr, DEPTH_KINDS))}")
+            raise TeacherConfigError(f"render config depth {self.depth!r}: use "
+                                     f"{' or '.join(map(repr, DEPTH_KINDS))}")
+        for name in ("scale", "chunk"):
+            if not getattr(self, name) > 0:
+                raise TeacherConfigError(f"render config {name} = {getattr(self, name)!r}: "
+                                         "must be > 0")
 
 
 @dataclass
@@ -87,7 +92,8 @@ def lidar_abs_rel(depth: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.nd
 
 def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
                    config: RenderConfig, progress=None) -> TeacherOutputs:
-    """Render every real camera sample and the virtual views of `scene`.
+    """Render every real camera sample and the virtual views of `scene` (on the teacher's
+    device).
 
     `fitted_frames` are the frames the teacher was fitted on: the others count as held out
     in the figures. `progress(iterable)` wraps the loop over samples when given.
@@ -141,7 +147,8 @@ def static_density(teacher: Teacher):
 
     @torch.no_grad()
     def density(points: np.ndarray) -> np.ndarray:
-        return teacher.field.density(torch.as_tensor(points, dtype=torch.float32))[0].numpy()
+        points = torch.as_tensor(points, dtype=torch.float32, device=teacher.device)
+        return teacher.field.density(points)[0].cpu().numpy()
 
     return density
 

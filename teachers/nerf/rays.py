@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distillprep.scenes.errors import SceneDataError
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import image_pixels, pixel_rays
+from distillprep.teachers.errors import TeacherDataError
 
 from .sky import SkyMaskConfig, lidar_masks, scene_returns
 
@@ -69,26 +69,27 @@ def holdout_frames(scene: Scene, count: int = 2) -> tuple[list[int], list[int]]:
     protocol: a held-out image's neighbours in time stay in the fit)."""
     keys = [f.index for f in scene.frames if f.is_keyframe]
     if len(keys) < MIN_FRAMES + count:
-        raise ValueError(f"scene {scene.scene_id!r}: {len(keys)} keyframes leave fewer than "
-                         f"{MIN_FRAMES} to train on after holding out {count}")
+        raise TeacherDataError(scene.scene_id, None, f"{len(keys)} keyframes leave fewer "
+                               f"than {MIN_FRAMES} to train on after holding out {count}")
     picks = {int(round(x)) for x in np.linspace(0, len(keys) - 1, count + 2)[1:-1]}
     held = sorted(keys[i] for i in picks)
     return [f.index for f in scene.frames if f.index not in held], held
 
 
 def check_scene_for_fit(scene: Scene, min_frames: int = MIN_FRAMES) -> None:
-    """Fail early, naming the scene and file, on input a teacher cannot be fitted to."""
+    """Fail early with a TeacherDataError, naming the scene and file, on input a teacher
+    cannot be fitted to."""
     if len(scene.frames) < min_frames:
-        raise SceneDataError(scene.scene_id, None, f"{len(scene.frames)} frame(s); a teacher "
-                             f"needs at least {min_frames}")
+        raise TeacherDataError(scene.scene_id, None, f"{len(scene.frames)} frame(s); a "
+                               f"teacher needs at least {min_frames}")
     if not any(frame.lidar for frame in scene.frames):
-        raise SceneDataError(scene.scene_id, None, "no LiDAR sweeps: the teacher's depth "
-                             "supervision and scene box come from LiDAR")
+        raise TeacherDataError(scene.scene_id, None, "no LiDAR sweeps: the teacher's depth "
+                               "supervision and scene box come from LiDAR")
     for sample in scene.camera_samples:
         if sample.load_image().mean() < BLACK_IMAGE_MEAN:
-            raise SceneDataError(scene.scene_id, sample.source_file,
-                                 "image is all black (mean pixel value below "
-                                 f"{BLACK_IMAGE_MEAN}): a broken camera or export")
+            raise TeacherDataError(scene.scene_id, sample.source_file,
+                                   "image is all black (mean pixel value below "
+                                   f"{BLACK_IMAGE_MEAN}): a broken camera or export")
 
 
 def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
@@ -142,6 +143,6 @@ def lidar_rays(scene: Scene, frames: list[int]) -> LidarRays:
                                    np.full(len(ranges), f),
                                    np.full(len(ranges), (sweep.timestamp_us - t0) / 1e6)))
     if not parts:
-        raise SceneDataError(scene.scene_id, None, f"frames {frames} have no LiDAR returns")
+        raise TeacherDataError(scene.scene_id, None, f"frames {frames} have no LiDAR returns")
     return LidarRays(*(np.concatenate([getattr(p, name) for p in parts])
                        for name in LidarRays.__dataclass_fields__))

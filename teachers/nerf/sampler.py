@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .contraction import SceneBox, contract, uncontract
+from distillprep.teachers.errors import TeacherConfigError
+from distillprep.teachers.volume.contraction import SceneBox, contract, uncontract
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def resample(samples: RaySamples, weights: torch.Tensor, count: int, uniform_mix
     def before(cumulative, k):
         return torch.where(k > 0, torch.gather(cumulative, 1, (k - 1).clamp_min(0)), 0.0)
 
-    u = torch.linspace(0.0, 1.0, count + 1, dtype=p.dtype).expand(len(p), -1).contiguous()
+    u = torch.linspace(0.0, 1.0, count + 1, dtype=p.dtype, device=p.device)
+    u = u.expand(len(p), -1).contiguous()
     # an edge at quantile u sits past every interval of zero probability before it (the
     # last edge, u = 1, at the end of the last interval of non-zero probability)
     k = torch.searchsorted(cdf, u, right=True)
@@ -169,7 +171,8 @@ def candidate_edges(config: SamplerConfig, box_radius: float, candidates: int) -
     if config.spacing == "log":
         return np.geomspace(config.near, config.far, candidates + 1)
     if config.spacing != "contracted":
-        raise ValueError(f"sampler spacing {config.spacing!r}: use 'contracted' or 'log'")
+        raise TeacherConfigError(f"sampler spacing {config.spacing!r}: use 'contracted' or "
+                                 "'log'")
 
     def s(t):
         return np.where(t < box_radius, t / box_radius, 2.0 - box_radius / t)
@@ -181,7 +184,8 @@ def candidate_edges(config: SamplerConfig, box_radius: float, candidates: int) -
 
 
 class OccupancyGrid:
-    """Binary occupancy over the contracted unit cube."""
+    """Binary occupancy over the contracted unit cube, on one device (`to`): points and
+    rays given as tensors must be on it; numpy inputs are moved there."""
 
     def __init__(self, config: SamplerConfig, box: SceneBox):
         self.config, self.box = config, box
@@ -190,6 +194,15 @@ class OccupancyGrid:
         self.in_use = torch.zeros((r, r, r), dtype=torch.bool)
         """Cells where training rays put rendering weight since the last pruning (`use`):
         pruning keeps them whatever the density at its one random point says."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.occupied.device
+
+    def to(self, device: str | torch.device) -> OccupancyGrid:
+        """Move the grid's cells to `device`; returns the grid."""
+        self.occupied, self.in_use = self.occupied.to(device), self.in_use.to(device)
+        return self
 
     def cells(self, points: torch.Tensor) -> torch.Tensor:
         """Flat cell index (...,) of world points (..., 3)."""
@@ -201,13 +214,16 @@ class OccupancyGrid:
               step: float = 0.25, chunk: int = 4096) -> float:
         """Mark free the cells that LiDAR rays (K) cross before their return; returns the
         fraction of cells left occupied."""
-        flat = self.occupied.view(-1)
+        flat, device = self.occupied.view(-1), self.device
         for start in range(0, len(ranges), chunk):
-            o = torch.as_tensor(origins[start:start + chunk], dtype=torch.float32)
-            d = torch.as_tensor(directions[start:start + chunk], dtype=torch.float32)
-            reach = torch.as_tensor(ranges[start:start + chunk], dtype=torch.float32)
+            o = torch.as_tensor(origins[start:start + chunk], dtype=torch.float32, device=device)
+            d = torch.as_tensor(directions[start:start + chunk], dtype=torch.float32,
+                                device=device)
+            reach = torch.as_tensor(ranges[start:start + chunk], dtype=torch.float32,
+                                    device=device)
             reach = reach - self.config.carve_margin
-            steps = torch.arange(0.0, float(reach.max()) if len(reach) else 0.0, step)
+            steps = torch.arange(0.0, float(reach.max()) if len(reach) else 0.0, step,
+                                 device=device)
             if len(steps) == 0:
                 continue
             points = o[:, None, :] + d[:, None, :] * steps[None, :, None]
@@ -220,12 +236,13 @@ class OccupancyGrid:
         """Mark free the cells that rays (K) with nothing along them (confirmed sky) cross
         from `near` to `far`, visiting points evenly spaced in the sampler's s-space (so
         the far, contracted cells are visited too); returns the fraction left occupied."""
-        flat = self.occupied.view(-1)
+        flat, device = self.occupied.view(-1), self.device
         edges = candidate_edges(self.config, self.box_radius, steps)
-        mids = torch.as_tensor((edges[:-1] + edges[1:]) / 2, dtype=torch.float32)
+        mids = torch.as_tensor((edges[:-1] + edges[1:]) / 2, dtype=torch.float32, device=device)
         for start in range(0, len(origins), chunk):
-            o = torch.as_tensor(origins[start:start + chunk], dtype=torch.float32)
-            d = torch.as_tensor(directions[start:start + chunk], dtype=torch.float32)
+            o = torch.as_tensor(origins[start:start + chunk], dtype=torch.float32, device=device)
+            d = torch.as_tensor(directions[start:start + chunk], dtype=torch.float32,
+                                device=device)
             flat[self.cells(o[:, None, :] + d[:, None, :] * mids[None, :, None])] = False
         return float(self.occupied.float().mean())
 
@@ -246,7 +263,8 @@ class OccupancyGrid:
         """Mark free the occupied cells where density_fn(points (P, 3) world) -> (P,) is
         below `prune_density` at a random point of the cell, unless rays used them since
         the last pruning (`use`); returns the fraction left occupied. (Cells are never
-        re-occupied: callers re-mark what must stay, such as LiDAR returns.)"""
+        re-occupied: callers re-mark what must stay, such as LiDAR returns.) The random
+        points are drawn on the CPU, so every device probes the same ones."""
         flat = self.occupied.view(-1)
         cells = (flat & ~self.in_use.view(-1)).nonzero().squeeze(1)
         self.in_use.zero_()
@@ -255,7 +273,8 @@ class OccupancyGrid:
         for start in range(0, len(cells), chunk):
             c = cells[start:start + chunk]
             ijk = torch.stack([c // (r * r), (c // r) % r, c % r], dim=-1).float()
-            coords = (ijk + torch.rand(ijk.shape, generator=generator)) / r
+            jitter = torch.rand(ijk.shape, generator=generator, device="cpu").to(ijk.device)
+            coords = (ijk + jitter) / r
             sigma = density_fn(uncontract(coords.clamp(max=1.0 - 1e-6), self.box))
             flat[c[sigma < self.config.prune_density]] = False
         return float(self.occupied.float().mean())
@@ -264,7 +283,7 @@ class OccupancyGrid:
         """Mark occupied the cells holding points (N, 3) world (e.g. every LiDAR return:
         what something occupied at some time must stay samplable)."""
         flat = self.occupied.view(-1)
-        flat[self.cells(torch.as_tensor(points, dtype=torch.float32))] = True
+        flat[self.cells(torch.as_tensor(points, dtype=torch.float32, device=self.device))] = True
 
     def sample(self, origins: torch.Tensor, directions: torch.Tensor, sampling: RaySampling,
                offsets: torch.Tensor | None = None) -> RaySamples:
@@ -272,7 +291,8 @@ class OccupancyGrid:
         (R) whose sample point lies in an occupied cell. The sample point is the interval's
         midpoint, or `offsets` (R,) in [0, 1) of the way along it (jitter)."""
         edges = torch.as_tensor(candidate_edges(self.config, self.box_radius,
-                                                sampling.candidates), dtype=origins.dtype)
+                                                sampling.candidates), dtype=origins.dtype,
+                                device=origins.device)
         start, end = edges[:-1], edges[1:]
         if offsets is None:
             point = ((start + end) / 2).expand(len(origins), -1)
@@ -282,7 +302,8 @@ class OccupancyGrid:
         occupied = self.occupied.view(-1)[self.cells(points)]  # (R, C)
         # Occupied candidates first, in distance order; padding after them (its density is
         # taken as 0, so where it sits along the ray does not matter).
-        rank = torch.where(occupied, 0, 1) * len(start) + torch.arange(len(start))
+        rank = (torch.where(occupied, 0, 1) * len(start)
+                + torch.arange(len(start), device=origins.device))
         order = torch.argsort(rank, dim=1)[:, : sampling.max_samples]
         return RaySamples(start[order], end[order], torch.gather(occupied, 1, order),
                           torch.gather(point, 1, order))

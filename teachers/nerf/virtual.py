@@ -27,6 +27,8 @@ from typing import Literal
 
 import numpy as np
 
+from distillprep.teachers.errors import TeacherConfigError
+
 DensityFn = Callable[[np.ndarray], np.ndarray]
 """density_fn(points (P, 3) float64 world) -> (P,) density in 1/m (numpy, or anything
 `np.asarray` turns into one, such as a CPU torch tensor without grad)."""
@@ -68,21 +70,23 @@ class VirtualViewConfig:
     def __post_init__(self) -> None:
         for i, offset in enumerate(self.offsets):
             if len(offset) != 6 or not all(math.isfinite(float(v)) for v in offset):
-                raise ValueError(f"VirtualViewConfig.offsets[{i}] = {offset!r}: expected 6 "
-                                 "finite numbers (x, y, z metres, pitch, yaw, roll degrees)")
+                raise TeacherConfigError(
+                    f"VirtualViewConfig.offsets[{i}] = {offset!r}: expected 6 finite numbers "
+                    "(x, y, z metres, pitch, yaw, roll degrees)")
         if not self.offsets:
-            raise ValueError("VirtualViewConfig.offsets is empty: no virtual view to render")
+            raise TeacherConfigError("VirtualViewConfig.offsets is empty: no virtual view to "
+                                     "render")
         for name in ("yaw_jitter_deg", "pitch_jitter_deg", "clearance"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"VirtualViewConfig.{name} = {getattr(self, name)!r} "
-                                 "must be >= 0")
+                raise TeacherConfigError(f"VirtualViewConfig.{name} = "
+                                         f"{getattr(self, name)!r} must be >= 0")
         for name in ("resolution_scale", "solid_density", "segment_step"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"VirtualViewConfig.{name} = {getattr(self, name)!r} "
-                                 "must be > 0")
+                raise TeacherConfigError(f"VirtualViewConfig.{name} = "
+                                         f"{getattr(self, name)!r} must be > 0")
         if any(not 0 < f < 1 for f in self.backoff):
-            raise ValueError(f"VirtualViewConfig.backoff = {self.backoff!r}: every fraction "
-                             "must lie strictly between 0 and 1")
+            raise TeacherConfigError(f"VirtualViewConfig.backoff = {self.backoff!r}: every "
+                                     "fraction must lie strictly between 0 and 1")
 
 
 @dataclass(frozen=True)
