@@ -61,6 +61,30 @@ def store_copy(small_store, tmp_path) -> Path:
     return Path(shutil.copytree(small_store, tmp_path / "store.zarr"))
 
 
+@pytest.fixture(scope="session")
+def sweeps_store(small_dataset, tmp_path_factory) -> Path:
+    """The small dataset ingested with its sweeps (what a teacher fits on), from a copy of
+    the dataset that is deleted right after: nothing may need it later (read-only: copy
+    the store to change it)."""
+    from distillprep.scenes.nuscenes import read_nuscenes
+    from distillprep.storage_schemas.ingest import IngestConfig, ingest
+    from distillprep.storage_schemas.store import create_store
+
+    root = tmp_path_factory.mktemp("sweeps")
+    dataset = Path(shutil.copytree(small_dataset, root / "nuscenes"))
+    read = read_nuscenes(dataset, sweeps=True)
+    store = create_store(root / "store.zarr", "nuscenes", read.version)
+    report = ingest(store, read.scenes, IngestConfig("nuscenes", read.version, sweeps=True))
+    assert report.written == ["scene-0001", "scene-0002"]
+    shutil.rmtree(dataset)
+    return root / "store.zarr"
+
+
+@pytest.fixture
+def sweeps_store_copy(sweeps_store, tmp_path) -> Path:
+    return Path(shutil.copytree(sweeps_store, tmp_path / "sweeps.zarr"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -39,7 +39,7 @@ VIEWS = [
 
 def _teacher(store, scene_id, hv=HT, wv=WT):
     """Teacher arrays with values known per pixel, exactly representable in float16."""
-    group = store.group(scene_id)
+    group = store.scene(scene_id)
     c2w = group["cam_to_world"][...]
     n = len(c2w)
     cols = np.arange(WT)

@@ -91,53 +91,69 @@ def lidar_abs_rel(depth: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.nd
 
 
 def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
-                   config: RenderConfig, progress=None) -> TeacherOutputs:
-    """Render every real camera sample and the virtual views of `scene` (on the teacher's
-    device).
+                   config: RenderConfig, samples: list[int] | None = None,
+                   progress=None) -> TeacherOutputs:
+    """Render the real camera samples `samples` (indices into `scene.camera_samples`;
+    None: all) and their virtual views (on the teacher's device). The arrays cover every
+    sample of the scene: those not rendered stay zero and their manifest columns empty
+    (`has_teacher_depth` false).
 
     `fitted_frames` are the frames the teacher was fitted on: the others count as held out
     in the figures. `progress(iterable)` wraps the loop over samples when given.
     """
     start = time.perf_counter()
-    samples = scene.camera_samples
+    every = scene.camera_samples
+    picked = list(range(len(every))) if samples is None else list(samples)
     frame_of = {id(s): f.index for f in scene.frames for s in f.cameras.values()}
     cameras = list(scene.camera_names)
-    depth, opacity, scores, errors, held = [], [], [], [], []
+    scores: list[float | None] = [None] * len(every)
+    errors: list[float | None] = [None] * len(every)
+    held: list[bool | None] = [None] * len(every)
+    depth = opacity = None
     lidar_cache: dict[int, np.ndarray] = {}
-    for sample in progress(samples) if progress else samples:
+    for index in progress(picked) if progress else picked:
+        sample = every[index]
         k, h, w = scaled_camera(sample.intrinsics, sample.height, sample.width, config.scale)
         out = render_view(teacher, k, sample.cam_to_world, h, w,
                           cameras.index(sample.camera), sample_time(scene, sample),
                           chunk=config.chunk, sampling=config.sampling)
-        depth.append(out[DEPTH_KINDS[config.depth]])
-        opacity.append(out["opacity"])
+        if depth is None:
+            depth = np.zeros((len(every), h, w), np.float16)
+            opacity = np.zeros((len(every), h, w), np.float16)
+        depth[index] = out[DEPTH_KINDS[config.depth]]
+        opacity[index] = np.clip(out["opacity"], 0.0, 1.0)
         frame = frame_of[id(sample)]
         if frame not in lidar_cache:
             lidar_cache[frame] = scene.frames[frame].lidar_points().points
-        scores.append(psnr(out["rgb"], _resized_image(sample, h, w)))
-        errors.append(lidar_abs_rel(depth[-1], k, sample.cam_to_world, lidar_cache[frame]))
-        held.append(frame not in fitted_frames)
-    arrays = {"teacher_depth": np.stack(depth).astype(np.float16),
-              "teacher_opacity": np.clip(np.stack(opacity), 0.0, 1.0).astype(np.float16)}
-    virtual, counts = render_virtual_views(teacher, scene, config)
+        scores[index] = psnr(out["rgb"], _resized_image(sample, h, w))
+        errors[index] = lidar_abs_rel(out[DEPTH_KINDS[config.depth]], k, sample.cam_to_world,
+                                      lidar_cache[frame])
+        held[index] = frame not in fitted_frames
+    if depth is None:
+        raise TeacherConfigError(f"scene {scene.scene_id!r}: no camera sample to render")
+    arrays = {"teacher_depth": depth, "teacher_opacity": opacity}
+    virtual, counts = render_virtual_views(teacher, scene, config, picked)
     arrays.update(virtual)
-    held_mask = np.array(held)
+    rendered = np.array([h is not None for h in held])
+    held_mask = np.array([bool(h) for h in held])
 
     def mean(values, mask):
-        picked = np.asarray(values)[mask]
-        return round(float(np.nanmean(picked)), 4) if len(picked) else None
+        chosen = [v for v, m in zip(values, mask, strict=True) if m]
+        return round(float(np.nanmean(chosen)), 4) if chosen else None
 
+    keyframes = [f.index for f in scene.frames if f.is_keyframe]
     figures = {
-        "heldout_frames": sorted(set(range(len(scene.frames))) - set(fitted_frames)),
+        "heldout_frames": sorted(set(keyframes) - set(fitted_frames)),
         "heldout_psnr_db": mean(scores, held_mask),
-        "train_psnr_db": mean(scores, ~held_mask),
-        "lidar_abs_rel": mean(errors, np.ones_like(held_mask)),
+        "train_psnr_db": mean(scores, rendered & ~held_mask),
+        "lidar_abs_rel": mean(errors, rendered),
         "lidar_abs_rel_heldout": mean(errors, held_mask),
         "virtual_views": counts,
         "render_time_s": round(time.perf_counter() - start, 2),
     }
     columns = {"teacher_psnr": scores, "teacher_lidar_abs_rel": errors,
-               "teacher_heldout": held}
+               "teacher_heldout": held, "has_teacher_depth": rendered.tolist(),
+               "has_teacher_opacity": rendered.tolist()}
     return TeacherOutputs(arrays, columns, figures)
 
 
@@ -154,24 +170,31 @@ def static_density(teacher: Teacher):
 
 
 def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
+                         samples: list[int] | None = None,
                          ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Virtual views of every real sample by the policy, placed out of geometry the field
-    believes solid; returns their store arrays and counts of kept / moved / dropped."""
-    samples = scene.camera_samples
+    """Virtual views of the real samples `samples` (indices into `scene.camera_samples`;
+    None: all) by the policy, placed out of geometry the field believes solid; returns
+    their store arrays (`virtual_source_sample` indexes the scene's samples) and counts of
+    kept / moved / dropped."""
+    every = scene.camera_samples
+    picked = list(range(len(every))) if samples is None else list(samples)
+    sources = [every[i] for i in picked]
     cameras = list(scene.camera_names)
 
-    plan = plan_virtual_views(np.stack([s.cam_to_world for s in samples]),
-                              np.stack([s.intrinsics for s in samples]),
-                              [(s.height, s.width) for s in samples], static_density(teacher),
+    plan = plan_virtual_views(np.stack([s.cam_to_world for s in sources]),
+                              np.stack([s.intrinsics for s in sources]),
+                              [(s.height, s.width) for s in sources], static_density(teacher),
                               config.virtual)
     arrays = plan_arrays(plan.views)
-    height, width = render_size(samples[0].height, samples[0].width,
+    arrays["virtual_source_sample"] = np.asarray(picked, np.int32)[
+        arrays["virtual_source_sample"]].astype(np.int32)
+    height, width = render_size(sources[0].height, sources[0].width,
                                 config.virtual.resolution_scale)
     rgb = np.zeros((len(plan.views), height, width, 3), np.uint8)
     depth = np.zeros((len(plan.views), height, width), np.float16)
     opacity = np.zeros_like(depth)
     for i, view in enumerate(plan.views):
-        source = samples[view.source_sample]
+        source = sources[view.source_sample]
         out = render_view(teacher, view.intrinsics, view.cam_to_world, *view.size,
                           cameras.index(source.camera), sample_time(scene, source),
                           chunk=config.chunk, sampling=config.sampling)
@@ -182,6 +205,6 @@ def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
     statuses = [v.status for v in plan.views]
     counts = {"kept": statuses.count("kept"), "moved": statuses.count("moved"),
               "dropped": len(plan.dropped),
-              "dropped_views": [{"source_sample": v.source_sample,
+              "dropped_views": [{"source_sample": picked[v.source_sample],
                                  "offset": v.offset.tolist()} for v in plan.dropped]}
     return arrays, counts
