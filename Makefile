@@ -21,24 +21,27 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=69" wheel
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,cpu]'
 	$(BIN)/pip install -q --no-deps $(NUSCENES_DEVKIT)
 	$(BIN)/python -m distillprep.teachers.nerf.hash_kernel
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/distillprep synth $(DEMO_OUT)/nuscenes --format nuscenes --scenes 2 --frames 4 \
-		--width 400 --height 225 --seed 0 --overwrite
-	$(BIN)/distillprep scenes $(DEMO_OUT)/nuscenes --dataset nuscenes
+		--width 400 --height 225 --sweeps 1 --seed 0 --overwrite
+	$(BIN)/distillprep scenes $(DEMO_OUT)/nuscenes --dataset nuscenes --sweeps
 	$(BIN)/distillprep preview $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
 		--frame 0 --out $(DEMO_OUT)/preview_scene-0001_frame0.png
-	$(BIN)/distillprep ingest $(DEMO_OUT)/nuscenes --dataset nuscenes --out $(DEMO_OUT)/store.zarr --force
+	$(BIN)/distillprep ingest $(DEMO_OUT)/nuscenes --dataset nuscenes --sweeps \
+		--out $(DEMO_OUT)/store.zarr --force
+	@echo "demo: the dataset is read once, by ingest: every later stage runs from the store alone"
+	rm -rf $(DEMO_OUT)/nuscenes
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
 	rm -f $(DEMO_OUT)/teacher_scene-0001.pt
-	$(BIN)/distillprep teacher fit $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
+	$(BIN)/distillprep teacher fit $(DEMO_OUT)/store.zarr --scene scene-0001 \
 		--out $(DEMO_OUT)/teacher_scene-0001.pt --steps $(DEMO_TEACHER_STEPS) --holdout 1
-	$(BIN)/distillprep teacher render $(DEMO_OUT)/teacher_scene-0001.pt \
-		--store $(DEMO_OUT)/store.zarr --scale 0.5
+	$(BIN)/distillprep teacher render $(DEMO_OUT)/store.zarr \
+		--checkpoint $(DEMO_OUT)/teacher_scene-0001.pt --scale 0.5
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
 	@echo "demo: the DINOv2 and CLIP features below use RANDOM weights (no pretrained weights here)"
 	$(BIN)/distillprep features $(DEMO_OUT)/store.zarr --model dinov2-vitb14 --random-init \
@@ -48,7 +51,8 @@ demo: $(STAMP)
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
 	$(BIN)/distillprep query $(DEMO_OUT)/store.zarr --text "a car" --scene scene-0001 \
 		--png $(DEMO_OUT)/query_a_car --max-images 2
-	$(BIN)/distillprep inspect $(DEMO_OUT)/store.zarr --png $(DEMO_OUT)/store_previews
+	$(BIN)/distillprep inspect $(DEMO_OUT)/store.zarr --scene scene-0001 \
+		--png $(DEMO_OUT)/store_previews
 	$(BIN)/distillprep export distillnerf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/distillnerf \
 		--scene scene-0001
 

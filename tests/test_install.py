@@ -43,3 +43,22 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith(str(target))
     assert "synth" in proc.stdout
+
+
+def test_the_gpu_and_cpu_extras_resolve_on_the_registry(tmp_path):
+    """`pip install '.[gpu]'` must find what it asks for (spconv-cu120 2.3.8 never existed):
+    the extras' requirements resolve, without installing them."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for name in ("cpu", "gpu"):
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+                               "--ignore-installed", "-q", "--report", str(tmp_path / name),
+                               *extras[name]], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"extra [{name}] {extras[name]}: {proc.stderr[-2000:]}"
+        import json
+
+        report = json.loads((tmp_path / name).read_text())
+        assert [item["metadata"]["name"] for item in report["install"]] == [
+            requirement.split("==")[0] for requirement in extras[name]]
