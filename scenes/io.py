@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -80,3 +81,12 @@ def check_pcd_bin_file(path: str, scene_id: str, values_per_point: int = 5) -> N
     if size % (4 * values_per_point):
         raise SceneDataError(scene_id, path, f"LiDAR file is {size} bytes, not a whole number "
                              f"of {values_per_point}-float32 points: truncated or wrong format")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content, read in 4 MiB blocks (weights, checkpoints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

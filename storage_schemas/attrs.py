@@ -15,9 +15,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from distillprep.scenes.errors import InvalidSceneIdError
 from distillprep.scenes.ids import validate_scene_id
@@ -36,6 +36,17 @@ commit (a stage no longer rewrites the scene) and put the LiDAR points into the 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _safe_scene_id(value: str) -> str:
+    try:
+        return validate_scene_id(value)
+    except InvalidSceneIdError as exc:
+        raise ValueError(str(exc)) from None
+
+
+SceneId = Annotated[str, AfterValidator(_safe_scene_id)]
+"""A scene id that `scenes.ids.validate_scene_id` accepts (it names folders and keys)."""
 
 
 class SourceFile(_Model):
@@ -60,7 +71,7 @@ class StoreAttrs(_Model):
 class SceneAttrs(_Model):
     """Attributes of a scene's ingest group: what the scene is."""
 
-    scene_id: str = Field(description="safe scene id (also the group name)")
+    scene_id: SceneId = Field(description="safe scene id (also the group name)")
     dataset: str = Field(description="source dataset kind")
     dataset_version: str = Field(description="source dataset version, e.g. v1.0-mini")
     created: datetime = Field(description="when this version of the scene was written (UTC)")
@@ -72,14 +83,6 @@ class SceneAttrs(_Model):
     num_samples: int = Field(gt=0, description="camera samples N")
     num_frames: int = Field(gt=0, description="frames F")
     source_files: list[SourceFile] = Field(min_length=1, description="inputs with checksums")
-
-    @field_validator("scene_id")
-    @classmethod
-    def _safe_id(cls, value: str) -> str:
-        try:
-            return validate_scene_id(value)
-        except InvalidSceneIdError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class ArrayRecord(_Model):
@@ -96,7 +99,7 @@ class CommitRecord(_Model):
     `commits/<scene_id>/<stage>/<sequence>.json`; the highest sequence is the stage's
     current commit."""
 
-    scene_id: str = Field(description="the scene committed")
+    scene_id: SceneId = Field(description="the scene committed")
     stage: Stage = Field(description="the stage committed")
     sequence: int = Field(ge=1, description="1 for the stage's first commit, then +1 each")
     attempt: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$",
@@ -111,14 +114,6 @@ class CommitRecord(_Model):
                                 description="fingerprint of the arrays' contents (names and "
                                 "checksums): what later stages record as their input")
     provenance: StageRecord = Field(description="how the stage made these outputs")
-
-    @field_validator("scene_id")
-    @classmethod
-    def _safe_id(cls, value: str) -> str:
-        try:
-            return validate_scene_id(value)
-        except InvalidSceneIdError as exc:
-            raise ValueError(str(exc)) from None
 
 
 def content_fingerprint(arrays: Mapping[str, ArrayRecord]) -> str:

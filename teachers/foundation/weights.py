@@ -15,7 +15,6 @@ model's before anything is loaded).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from distillprep.scenes.errors import DataError
+from distillprep.scenes.io import file_sha256
 from distillprep.teachers.errors import TeacherError
 
 from .models import ModelSpec
@@ -68,14 +68,6 @@ def find_weights(spec: ModelSpec, path: str | Path | None) -> Path:
             return candidate
     raise WeightsNotFoundError(f"{spec.name}: no {spec.name}.pth/.pt/.bin/.safetensors in "
                                f"${WEIGHTS_DIR_ENV} = {folder}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

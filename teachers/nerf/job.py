@@ -11,7 +11,6 @@ current commit came from the same checkpoint, configs and code version does noth
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from distillprep.scenes.io import file_sha256
 from distillprep.storage_schemas.attrs import CommitRecord, config_hash
 from distillprep.storage_schemas.provenance import TeacherProvenance, VirtualViewCounts
 from distillprep.storage_schemas.store import Store, package_version
@@ -130,8 +130,8 @@ def fit_teacher(store: Store, scene_id: str, checkpoint: str | Path,
     view = store.scene(scene_id)
     scene = load_scene(store, scene_id, view)
     check_scene_for_fit(scene)
-    source = {"store": store.location.location, "keyframes_only": config.keyframes_only,
-              "holdout": config.holdout}
+    # what the fit was asked for; the scene itself is named by id and content fingerprint
+    source = {"keyframes_only": config.keyframes_only, "holdout": config.holdout}
     if checkpoint.exists():
         saved = load_checkpoint(checkpoint, config.device)
         check_matches(saved, scene_id, view.fingerprint, config.fit)
@@ -189,14 +189,6 @@ def _fit_result(scene_id, checkpoint, status, state, steps_now, frames) -> FitRe
                      history[-1] if history else {})
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def render_teacher(store: Store, scene_id: str, checkpoint: str | Path,
                    config: TeacherRenderJob = TeacherRenderJob(),
                    progress: Callable[[Iterable], Iterable] | None = None) -> RenderResult:
@@ -209,7 +201,7 @@ def render_teacher(store: Store, scene_id: str, checkpoint: str | Path,
     saved = load_checkpoint(checkpoint, config.device)
     check_matches(saved, scene_id, view.fingerprint, config.fit)
     settings = {"fit": to_dict(saved.teacher.config), "render": to_dict(config.render),
-                "samples": config.samples, "checkpoint_sha256": _sha256(checkpoint)}
+                "samples": config.samples, "checkpoint_sha256": file_sha256(checkpoint)}
     identity = config_hash(settings)
     current = view.provenance("teacher")
     if (current is not None and current.config_hash == identity
