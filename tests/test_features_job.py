@@ -176,3 +176,35 @@ def test_cli_features_then_query_write_heat_maps(store_with_views, tmp_path, cap
     assert main(["features", path, "--model", "clip-vitb16", "--weights",
                  str(tmp_path / "missing.pth")]) == 1
     assert "missing.pth does not exist" in capsys.readouterr().err
+
+
+def test_kept_batches_of_other_images_are_never_reused(store_with_views, extractor,
+                                                       small_dataset):
+    """A run killed inside a scene, the scene re-ingested with other images, the run
+    resumed: the kept batches belong to the old images (their key names the old content),
+    so every image of the new version is extracted again."""
+    from distillprep.scenes.nuscenes import read_nuscenes
+    from distillprep.storage_schemas.ingest import IngestConfig, ingest
+
+    store = store_with_views
+    seen = []
+
+    def kill_in_scene_two(n):
+        seen.append(n)
+        if sum(seen) >= 10 + 18 + VIEWS + 8:  # PCA sample, scene 1, two batches of scene 2
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_features(store, extractor, CONFIG, progress=kill_in_scene_two)
+    read = read_nuscenes(small_dataset, scenes=["scene-0002"], sweeps=True)
+    result = ingest(store, read.scenes, IngestConfig("nuscenes", read.version, sweeps=True))
+    assert result.written == ["scene-0002"]  # 30 images now, the first ones other images
+    resumed = run_features(store, extractor, CONFIG)
+    assert resumed.done == ["scene-0002"] and resumed.images == 30
+    view = store.scene("scene-0002")
+    real = ImageSet("scene-0002", "real", 30, 108, 192)
+    expected = project(saved_basis(store, "dino").pca,
+                       extractor(read_images(view, real, 0, 8), (2, 4)))
+    np.testing.assert_allclose(view["dino_features"][:8].astype(np.float32), expected,
+                               rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    assert validate_store(store.location.location, deep=True).ok
