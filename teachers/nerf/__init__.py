@@ -9,5 +9,7 @@ Modules, down the flow (a module imports only those above it):
 - `checkpoint`: saving and loading a teacher (loading needs no training code);
 - `virtual`, `evaluate`, `render`, `outputs`: rendering a fitted teacher into its outputs;
 - `fit`: training (losses, optimiser, the loop, resuming from a checkpoint), which
-  rendering never imports.
+  rendering never imports;
+- `job`: the stage's jobs over a store, `fit_teacher` and `render_teacher` (what the CLI
+  and the flows call).
 """
