@@ -31,10 +31,11 @@ from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import sparse_depth_map
 
 from .attrs import CommitRecord, SceneAttrs, SourceFile, config_hash
+from .layout import chunk_layout
 from .manifest import SAMPLE_ARRAYS, STAGE_COLUMNS, depth_stats
 from .provenance import IngestProvenance
 from .spec import ARRAYS
-from .store import Store, chunk_layout, package_version
+from .store import Store, package_version
 
 CODE_VERSION = 1
 """Version of what ingest writes (bumped when its outputs change meaning)."""

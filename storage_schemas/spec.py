@@ -102,10 +102,10 @@ ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
        "reference time of each frame, strictly increasing"),
     _a("frame_is_keyframe", "uint8", ("F",), "", (0, 1), "ingest", False, "zstd-1",
        "1 for annotated keyframes, 0 for frames built from sweeps"),
-    _a("lidar_points", "float32", ("P", 3), "m", None, "ingest", False, "zstd-1",
+    _a("lidar_points", "float32", ("P", 3), "m", None, "ingest", False, "zstd-3",
        "every LiDAR return of the scene as the dataset stores it: x, y, z in its sweep's "
        "sensor frame, sweep after sweep", LIDAR_CHUNK_ROWS),
-    _a("lidar_intensity", "float32", ("P",), "", None, "ingest", False, "zstd-1",
+    _a("lidar_intensity", "float32", ("P",), "", None, "ingest", False, "blosc-lz4-shuffle",
        "return intensity, as the dataset stores it", LIDAR_CHUNK_ROWS),
     _a("lidar_sweep_points", "int64", ("S",), "", (0, 2**40), "ingest", False, "zstd-1",
        "points of each sweep: sweep s holds rows sum(counts[:s]) .. + counts[s]"),

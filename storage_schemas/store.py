@@ -26,7 +26,6 @@ not show it (`scene_view.SceneView`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -37,9 +36,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import zarr
-import zarr.api.asynchronous
-from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from distillprep.scenes.ids import validate_scene_id
@@ -66,15 +62,12 @@ from .errors import (
     SchemaViolationError,
     StoreError,
 )
+from .layout import array_sha256, write_group
 from .manifest import STAGE_COLUMNS, part_schema, to_parquet_bytes
 from .provenance import StageRecord
 from .scene_view import SceneView, current_commits
-from .spec import ARRAYS, STAGES, ArraySpec, infer_dims, required_arrays
+from .spec import ARRAYS, STAGES, infer_dims, required_arrays
 
-SHARD_TARGET_BYTES = 32 * 2**20
-"""Uncompressed bytes a shard aims for: tens of MB, so a million images are few files."""
-SHARD_MAX_CHUNKS = 64
-"""At most this many samples a shard: reading larger shards got slower here (README)."""
 ABANDONED_AFTER = timedelta(hours=24)
 """An attempt no commit names and older than this was left by a killed writer: no live
 writer takes this long between starting an attempt and committing it."""
@@ -87,36 +80,6 @@ def package_version() -> str:
         return version("distillprep")
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         return "0+unknown"
-
-
-def compressors_for(spec: ArraySpec):
-    if spec.codec.startswith("zstd-"):
-        return [ZstdCodec(level=int(spec.codec[5:]))]
-    if spec.codec == "blosc-lz4-shuffle":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
-                           typesize=np.dtype(spec.dtype).itemsize)]
-    return None
-
-
-def chunk_layout(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[tuple, tuple | None]:
-    """(chunks, shards) of an array: one sample (or `chunk_rows` rows) per chunk, shards
-    of ~SHARD_TARGET_BYTES; small tables are a single chunk."""
-    if spec.chunk_rows is not None:
-        chunk = (spec.chunk_rows, *shape[1:])
-    elif spec.per_sample:
-        chunk = (1, *shape[1:])
-    else:
-        return tuple(max(1, s) for s in shape), None
-    chunk_bytes = max(1, int(np.prod(chunk)) * np.dtype(spec.dtype).itemsize)
-    per_shard = int(min(max(1, -(-shape[0] // chunk[0])), SHARD_MAX_CHUNKS,
-                        max(1, SHARD_TARGET_BYTES // chunk_bytes)))
-    return chunk, (per_shard * chunk[0], *shape[1:])
-
-
-def array_sha256(data: np.ndarray) -> str:
-    """SHA-256 of an array's C-order bytes (hashed in place, no copy)."""
-    data = np.ascontiguousarray(data)
-    return hashlib.sha256(memoryview(data).cast("B") if data.size else b"").hexdigest()
 
 
 def commit_key(scene_id: str, stage: str, sequence: int) -> str:
@@ -342,7 +305,7 @@ class Store:
         self._ensure_group(f"scenes/{scene_id}/{stage}")
         group_attrs = (attrs.model_dump(mode="json") if stage == "ingest"
                        else {"scene_id": scene_id, "stage": stage})
-        sync(_write_group(self.location.sub(prefix).zarr_store(), group_attrs, arrays))
+        sync(write_group(self.location.sub(prefix).zarr_store(), group_attrs, arrays))
         records = {name: ArrayRecord(shape=list(data.shape), dtype=str(data.dtype),
                                      sha256=array_sha256(data),
                                      stored_bytes=self.location.size_under(f"{prefix}/{name}"))
@@ -414,27 +377,6 @@ def _abandoned(name: str) -> bool:
     takes (names that carry no start time are never taken for abandoned)."""
     started = started_at(name)
     return started is not None and datetime.now(UTC) - started > ABANDONED_AFTER
-
-
-async def _write_group(zarr_store, attributes: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Create a group and write its arrays concurrently (metadata writes and codec work of
-    different arrays overlap)."""
-    group = await zarr.api.asynchronous.open_group(store=zarr_store, mode="w", zarr_format=3,
-                                                   attributes=attributes)
-
-    async def write(name: str, data: np.ndarray) -> None:
-        spec = ARRAYS[name]
-        chunks, shards = chunk_layout(spec, data.shape)
-        array = await group.create_array(
-            name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-            compressors=compressors_for(spec), fill_value=0,
-            dimension_names=[str(d) if isinstance(d, str) else f"{name}_{i}"
-                             for i, d in enumerate(spec.shape)],
-            attributes={"units": spec.units, "stage": spec.stage})
-        if data.size:
-            await array.setitem(Ellipsis, data)
-
-    await asyncio.gather(*(write(name, data) for name, data in arrays.items()))
 
 
 def _root_attributes(loc: Location, location: str | Path) -> dict[str, Any]:

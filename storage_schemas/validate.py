@@ -23,10 +23,11 @@ from distillprep.scenes.ids import validate_scene_id
 
 from .backend import is_temp_name
 from .errors import NotAStoreError, StoreError
+from .layout import chunk_layout
 from .manifest import part_from_parquet_bytes
 from .scene_view import SceneView
 from .spec import ARRAYS, STAGE_COMMANDS, infer_dims, optional_arrays, stage_arrays
-from .store import Store, chunk_layout, open_store
+from .store import Store, open_store
 from .validate_values import check_values
 
 SMALL_TABLES = ("intrinsics", "cam_to_world", "ego_to_world", "timestamp_us",

@@ -5,11 +5,15 @@ stage's own arrays (a stage writes only its own arrays: the goal is <= 1.1; befo
 
 Bytes written are the process's `wchar` (bytes handed to write calls, /proc/self/io);
 peak memory is the resident high-water mark (reset through /proc/self/clear_refs before
-the commit) above the resident size before it. Linux only, as these machines are.
+the commit, after handing freed heap back with malloc_trim so that the commit cannot hide
+in pages already resident) above the resident size before it. Linux (glibc) only, as
+these machines are.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import tempfile
 from pathlib import Path
 
@@ -39,6 +43,8 @@ def _status_kb(field: str) -> int:
 
 def _measure(commit) -> tuple[int, int]:
     """(bytes written, peak resident bytes above the start) of commit()."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: a clean start
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts here
     rss, written = _status_kb("VmRSS"), _io_written()
     commit()

@@ -200,16 +200,22 @@ def _bench_codecs(payloads, dataset: Path) -> None:
         (dataset / "ground_truth" / "depth" / "samples").rglob("*.npy"))])
     bench_codecs("lidar_depth", sparse)
     bench_codecs("dense_depth", dense)
+    rows = ARRAYS["lidar_points"].chunk_rows
+    for name in ("lidar_points", "lidar_intensity"):
+        bench_codecs(name, np.concatenate([a[name] for _, a, *_ in payloads]), rows)
 
 
-def bench_codecs(kind: str, data: np.ndarray) -> None:
-    """Each candidate codec on data (N, ...), one chunk per row, one shard: ratio, write
-    and read MB/s."""
+def bench_codecs(kind: str, data: np.ndarray, rows: int = 1) -> None:
+    """Each candidate codec on data (N, ...), `rows` rows per chunk, one shard: ratio,
+    write and read MB/s."""
     for name, compressors in _CODECS.items():
+        if name.startswith("blosc"):
+            compressors = [BloscCodec(cname=compressors[0].cname, clevel=compressors[0].clevel,
+                                      shuffle="shuffle", typesize=data.dtype.itemsize)]
         with tempfile.TemporaryDirectory() as tmp:
             array = zarr.create_array(f"{tmp}/a.zarr", shape=data.shape, dtype=data.dtype,
-                                      chunks=(1, *data.shape[1:]),
-                                      shards=(len(data), *data.shape[1:]),
+                                      chunks=(rows, *data.shape[1:]),
+                                      shards=(-(-len(data) // rows) * rows, *data.shape[1:]),
                                       compressors=compressors)
             write = _timed(lambda array=array: array.__setitem__(Ellipsis, data))
             read = _timed(lambda array=array: array[...])

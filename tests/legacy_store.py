@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import zarr
 
+from distillprep.storage_schemas.layout import array_sha256, chunk_layout
 from distillprep.storage_schemas.manifest import MANIFEST_SCHEMA
 from distillprep.storage_schemas.spec import ARRAYS
-from distillprep.storage_schemas.store import array_sha256, chunk_layout, open_store
+from distillprep.storage_schemas.store import open_store
 
 V3_ONLY = ("frame_is_keyframe", "lidar_points", "lidar_intensity", "lidar_sweep_points",
            "lidar_sensor_to_world", "lidar_timestamp_us", "lidar_frame_index",

@@ -39,10 +39,11 @@ from distillprep.storage_schemas.feature_runs import (
     write_batch,
     write_run,
 )
+from distillprep.storage_schemas.layout import array_sha256
 from distillprep.storage_schemas.provenance import FeatureProvenance
 from distillprep.storage_schemas.reader import decode_jpeg
 from distillprep.storage_schemas.scene_view import SceneView
-from distillprep.storage_schemas.store import Store, array_sha256, package_version
+from distillprep.storage_schemas.store import Store, package_version
 
 from .extract import FeatureConfig, FeatureExtractor
 from .pca import PCA, CovarianceSum, fit_pca, project
