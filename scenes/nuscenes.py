@@ -117,7 +117,9 @@ def read_nuscenes(dataroot: str | Path, version: str | None = None,
     root = Path(dataroot).resolve()
     version = version or detect_version(root)
     nusc = open_devkit(root, version)
-    by_name = {record["name"]: record for record in nusc.scene}
+    by_name: dict[str, list[dict]] = {}
+    for record in nusc.scene:
+        by_name.setdefault(record["name"], []).append(record)
     wanted = list(by_name) if scenes is None else list(scenes)
     result = NuScenesRead(version)
     for name in wanted:
@@ -126,7 +128,12 @@ def read_nuscenes(dataroot: str | Path, version: str | None = None,
                 validate_scene_id(name)
                 raise SceneDataError(name, root / version / "scene.json",
                                      "no scene of that name in the scene table")
-            result.scenes.append(_read_scene(nusc, root, version, by_name[name], sweeps))
+            if len(by_name[name]) > 1:  # the id names a store group: it must be unique
+                tokens = ", ".join(r["token"] for r in by_name[name])
+                raise SceneDataError(name, root / version / "scene.json",
+                                     f"{len(by_name[name])} scenes have this name (tokens "
+                                     f"{tokens}): a scene id must name one scene")
+            result.scenes.append(_read_scene(nusc, root, version, by_name[name][0], sweeps))
         except SceneError as exc:
             if not skip_bad:
                 raise

@@ -185,3 +185,16 @@ def test_a_sample_chain_that_loops_back_is_refused(dataset_copy):
     _edit(dataset_copy, "sample", last["token"], next=scene["first_sample_token"])
     _expect(dataset_copy, "sample.json", "loops back to sample "
             f"{scene['first_sample_token']}", "after 3 samples")
+
+
+def test_two_scenes_of_one_name_are_refused_naming_both(dataset_copy):
+    scenes = _table(dataset_copy, "scene")
+    scenes[1]["name"] = scenes[0]["name"]
+    _save(dataset_copy, "scene", scenes)
+    with pytest.raises(SceneDataError) as info:
+        read_nuscenes(dataset_copy)
+    message = str(info.value)
+    assert "2 scenes have this name" in message and "scene-0001" in message
+    assert scenes[0]["token"] in message and scenes[1]["token"] in message
+    read = read_nuscenes(dataset_copy, skip_bad=True)  # reported, never one silently lost
+    assert read.scenes == [] and [f.scene for f in read.failures] == ["scene-0001"]
