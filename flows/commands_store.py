@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distillprep.scenes.errors import EXIT_BAD_DATA, EXIT_CONFLICT
+
 from .cli_common import (
     add_dataset_argument,
     add_scene_argument,
@@ -25,7 +27,12 @@ def add_ingest(sub) -> None:
     p.add_argument("--sweeps", action="store_true",
                    help="ingest the camera and LiDAR sweeps between keyframes too (what a "
                    "teacher fits on, as EmerNeRF does)")
-    p.add_argument("--force", action="store_true", help="rewrite scenes already committed")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite scenes already committed (also one of another source "
+                   "under the same id)")
+    p.add_argument("--replace-outputs", action="store_true",
+                   help="rewrite a scene whose content changed although later stages' "
+                   "outputs were made from the old version (they become stale)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_ingest)
 
@@ -43,6 +50,7 @@ def run_ingest(args) -> int:
                          storage_options=storage_options(args))
     config = IngestConfig(dataset=args.dataset, version=read.version, sweeps=args.sweeps)
     result = ingest(store, read.scenes, config, force=args.force,
+                    replace_outputs=args.replace_outputs,
                     progress=None if args.json else lambda it: tqdm(it, unit="scene"))
     for failure in read.failures:
         result.failed[failure.scene] = str(failure.error)
@@ -51,8 +59,11 @@ def run_ingest(args) -> int:
     lines += [f"  {scene}: new content, so its {', '.join(stages)} outputs are stale now: "
               "run those stages again" for scene, stages in result.stale.items()]
     lines += [f"  FAILED {scene}: {why}" for scene, why in result.failed.items()]
+    lines += [f"  LOST A RACE {scene}: {why}" for scene, why in result.conflicts.items()]
     emit(args, {"store": str(args.out), **result.to_json()}, "\n".join(lines))
-    return 1 if result.failed else 0
+    if result.failed:
+        return EXIT_BAD_DATA
+    return EXIT_CONFLICT if result.conflicts else 0
 
 
 def add_validate(sub) -> None:
@@ -117,9 +128,10 @@ def run_migrate(args) -> int:
     text = (f"{args.store}: already at schema version {report.from_version}; nothing to do"
             if report.already else
             f"{args.store}: schema version {report.from_version} -> {SCHEMA_VERSION}: "
-            f"{len(report.scenes)} "
-            f"scene(s), {report.stages} stage commit(s) rewritten. Scenes from version 2 hold "
-            "no LiDAR points: re-run `distillprep ingest` on them before fitting teachers")
+            f"{len(report.scenes)} scene(s), {report.stages} stage commit(s) rewritten. "
+            "Scenes from version 2 hold no LiDAR points: re-run `distillprep ingest` on "
+            "them before fitting teachers (with --replace-outputs where they have teacher or "
+            "feature outputs, which are then made again)")
     emit(args, report.to_json(), text)
     return 0
 

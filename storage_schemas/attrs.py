@@ -116,10 +116,11 @@ class CommitRecord(_Model):
     provenance: StageRecord = Field(description="how the stage made these outputs")
 
 
-def content_fingerprint(arrays: Mapping[str, ArrayRecord]) -> str:
-    """SHA-256 over the sorted array names and their content checksums: equal exactly when
-    the stage holds the same data (wherever and whenever it was written)."""
-    text = "\n".join(f"{name} {arrays[name].sha256}" for name in sorted(arrays))
+def content_fingerprint(checksums: Mapping[str, str]) -> str:
+    """SHA-256 over the sorted array names and their content checksums (name -> hex
+    SHA-256): equal exactly when a stage holds the same data, wherever and whenever it
+    was written."""
+    text = "\n".join(f"{name} {checksums[name]}" for name in sorted(checksums))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from distillprep.scenes.errors import (
     EXIT_USAGE,
+    ConfigError,
     ConflictError,
     DataError,
     DistillprepError,
@@ -53,3 +54,13 @@ class CommitConflictError(StoreError, ConflictError):
 class InputsChangedError(StoreError, ConflictError):
     """The outputs a stage was computed from were replaced while it ran (the scene
     re-ingested, the teacher rendered again): nothing was committed; run it again."""
+
+
+class SceneSourceError(StoreError, DataError):
+    """A scene whose id the store already holds for another scene of another source (the
+    message names both); `--force` replaces it."""
+
+
+class OutputsWouldGoStaleError(StoreError, ConfigError):
+    """Re-ingesting a scene with other content would make later stages' outputs stale;
+    that must be asked for (`--replace-outputs`)."""

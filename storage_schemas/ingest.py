@@ -25,13 +25,14 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from distillprep.scenes.errors import SceneDataError, SceneError
+from distillprep.scenes.errors import ConflictError, SceneDataError, SceneError
 from distillprep.scenes.geometry import transform_points
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import sparse_depth_map
 
-from .attrs import CommitRecord, SceneAttrs, SourceFile, config_hash
-from .layout import chunk_layout
+from .attrs import CommitRecord, SceneAttrs, SourceFile, config_hash, content_fingerprint
+from .errors import OutputsWouldGoStaleError, SceneSourceError, StoreError
+from .layout import array_sha256, chunk_layout
 from .manifest import SAMPLE_ARRAYS, STAGE_COLUMNS, depth_stats
 from .provenance import IngestProvenance
 from .spec import ARRAYS
@@ -77,12 +78,14 @@ class IngestReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, str] = field(default_factory=dict)
+    """Scene -> message: another writer committed the scene first (theirs stands)."""
     stale: dict[str, list[str]] = field(default_factory=dict)
     """Scene -> later stages made stale by its new content."""
 
     def to_json(self) -> dict:
         return {"written": self.written, "skipped": self.skipped, "failed": self.failed,
-                "stale": self.stale}
+                "conflicts": self.conflicts, "stale": self.stale}
 
 
 def _file_record(path: str, dataroot: str, data: bytes | None = None) -> SourceFile:
@@ -207,23 +210,50 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
     return arrays, dims, pa.table(rows), sources, lidars
 
 
-def ingest_scene(store: Store, scene: Scene, config: IngestConfig,
-                 force: bool = False) -> IngestResult:
+def source_id(scene: Scene) -> str:
+    """The dataset's own identity of a scene (nuScenes: its scene token), which the store
+    keeps so that two scenes of one id from different sources are told apart."""
+    return f"{scene.dataset}:{scene.metadata.get('scene_token', scene.scene_id)}"
+
+
+def ingest_scene(store: Store, scene: Scene, config: IngestConfig, force: bool = False,
+                 replace_outputs: bool = False) -> IngestResult:
     """Write one scene's ingest stage and commit it; a scene already committed with the
-    same config and code version is skipped unless `force`."""
+    same config and code version is skipped unless `force`.
+
+    Refused (nothing written): a scene whose id the store holds for a scene of another
+    source, unless `force` (SceneSourceError); new content for a scene that has later
+    stages' outputs, which would go stale, unless `replace_outputs`
+    (OutputsWouldGoStaleError). Raises CommitConflictError when another writer committed
+    the scene meanwhile."""
     start = time.perf_counter()
     settings = asdict(config)
+    ours = source_id(scene)
     head = store.head(scene.scene_id, "ingest")
-    if (head is not None and not force and head.provenance.config_hash == config_hash(settings)
-            and head.provenance.code_version == CODE_VERSION):
-        return IngestResult(scene.scene_id, "skipped", head)
+    if head is not None:
+        theirs = head.provenance.source_id
+        if theirs and theirs != ours and not force:
+            raise SceneSourceError(
+                f"scene {scene.scene_id!r}: the store holds the scene {theirs} under this id "
+                f"(read from {head.provenance.dataroot}), the dataset's is {ours} (in "
+                f"{scene.dataroot}): another scene of the same id; pass --force to replace it")
+        if (not force and head.provenance.config_hash == config_hash(settings)
+                and head.provenance.code_version == CODE_VERSION):
+            return IngestResult(scene.scene_id, "skipped", head)
     before = store.scene(scene.scene_id) if head is not None else None
     arrays, dims, manifest, sources, lidars = scene_payload(scene)
+    later = sorted(s for s in (before.commits if before else {}) if s != "ingest")
+    if later and not replace_outputs and before.fingerprint != content_fingerprint(
+            {name: array_sha256(data) for name, data in arrays.items()}):
+        raise OutputsWouldGoStaleError(
+            f"scene {scene.scene_id!r}: the dataset's version differs from the one in the "
+            f"store, from which its {', '.join(later)} outputs were made; ingesting it makes "
+            "them stale (to be made again): pass --replace-outputs to do it anyway")
     provenance = IngestProvenance(
         stage="ingest", config=settings, config_hash=config_hash(settings),
         code_version=CODE_VERSION, package_version=package_version(),
         finished_at=datetime.now(UTC), wall_time_s=time.perf_counter() - start,
-        reader=config.dataset, dataroot=scene.dataroot, sweeps=config.sweeps)
+        reader=config.dataset, dataroot=scene.dataroot, sweeps=config.sweeps, source_id=ours)
     attrs = SceneAttrs(scene_id=scene.scene_id, dataset=scene.dataset,
                        dataset_version=str(scene.metadata.get("version", config.version)),
                        created=datetime.now(UTC), cameras=list(scene.camera_names),
@@ -238,15 +268,28 @@ def ingest_scene(store: Store, scene: Scene, config: IngestConfig,
 
 
 def ingest(store: Store, scenes: Iterable[Scene], config: IngestConfig, force: bool = False,
+           replace_outputs: bool = False,
            progress: Callable[[Iterable], Iterable] | None = None) -> IngestReport:
     """Ingest scenes into `store`; committed scenes are skipped unless `force`. A scene
-    whose data is bad is reported in `failed` and the others go on."""
+    that fails (bad data, a refusal) is reported in `failed`, one that another writer
+    committed first in `conflicts`, and the others go on."""
     report = IngestReport()
     scenes = list(scenes)
+    seen: dict[str, str] = {}
     for scene in progress(scenes) if progress else scenes:
+        ours, first = source_id(scene), seen.get(scene.scene_id)
+        if first is not None:
+            report.failed[scene.scene_id] = (f"scene {scene.scene_id!r}: two scenes of this id "
+                                             f"in one run ({first} and {ours}); a scene id "
+                                             "must name one scene")
+            continue
+        seen[scene.scene_id] = ours
         try:
-            result = ingest_scene(store, scene, config, force)
-        except SceneError as exc:
+            result = ingest_scene(store, scene, config, force, replace_outputs)
+        except ConflictError as exc:
+            report.conflicts[scene.scene_id] = str(exc)
+            continue
+        except (SceneError, StoreError) as exc:
             report.failed[scene.scene_id] = str(exc)
             continue
         (report.written if result.status == "written" else report.skipped).append(

@@ -10,7 +10,8 @@ migration resumes: stages already committed in the new layout are not copied aga
 
 Version 2 stores hold no LiDAR points (their teacher read the dataset): a migrated scene
 gets empty LiDAR tables and `code_version` 0 for its ingest, so that `distillprep ingest`
-rewrites it from the dataset and a teacher fit refuses it until then, saying so.
+rewrites it from the dataset (`--replace-outputs` where it has later stages' outputs,
+which the new content makes stale) and a teacher fit refuses it until then, saying so.
 """
 
 from __future__ import annotations

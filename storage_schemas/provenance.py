@@ -39,6 +39,9 @@ class IngestProvenance(_Provenance):
     dataroot: str = Field(description="where the dataset was read from (for people: no "
                           "later stage reads it again)")
     sweeps: bool = Field(description="whether the frames between keyframes were ingested")
+    source_id: str = Field(default="", description="the dataset's own id of the scene "
+                           "(nuScenes: its scene token): two scenes of one id from other "
+                           "sources are refused, not silently replaced")
     migrated_from: int | None = Field(default=None, description="the schema version the "
                                       "scene was migrated from, if it was")
 

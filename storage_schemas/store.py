@@ -317,7 +317,8 @@ class Store:
             schema_version=SCHEMA_VERSION, committed_at=datetime.now(UTC),
             num_samples=attrs.num_samples, manifest=manifest_key,
             manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), arrays=records,
-            content_sha256=content_fingerprint(records), provenance=provenance)
+            content_sha256=content_fingerprint({n: r.sha256 for n, r in records.items()}),
+            provenance=provenance)
 
     def _discard(self, prefix: str, manifest_key: str) -> None:
         """Remove this writer's own uncommitted attempt (best effort: never masks the

@@ -135,9 +135,9 @@ class _Checker:
                        "no ingest commit", scene=scene_id)
             return
         view = SceneView(self.store, scene_id, heads)
-        for stage, why in view.stale.items():
-            self.warn("stale-stage", f"stage {stage} is stale ({why}): readers do not see it; "
-                      f"run `{STAGE_COMMANDS[stage]}` again", scene=scene_id)
+        for stage, why in view.stale.items():  # outputs that do not match their inputs
+            self.error("stale-stage", f"stage {stage} is stale ({why}): readers do not see "
+                       f"it; run `{STAGE_COMMANDS[stage]}` again", scene=scene_id)
         for stage, record in heads.items():
             prefix = view.group_path(stage)
             if not self.store.location.exists(f"{prefix}/zarr.json"):

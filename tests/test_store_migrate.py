@@ -74,8 +74,12 @@ def test_migrate_keeps_every_stage_and_the_next_ingest_restores_lidar(v2_store,
     assert load_scene(migrated, "scene-0001").frames[0].lidar == ()
     read = read_nuscenes(small_dataset)
     store = open_store(old, mode="a")
-    result = ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
-    assert result.written == ["scene-0001", "scene-0002"]
+    config = IngestConfig("nuscenes", read.version)
+    result = ingest(store, read.scenes, config)
+    assert result.written == ["scene-0002"]  # its later stages' outputs would go stale:
+    assert "--replace-outputs" in result.failed["scene-0001"]  # only when asked for
+    result = ingest(store, read.scenes, config, replace_outputs=True)
+    assert result.written == ["scene-0001"] and result.skipped == ["scene-0002"]
     assert result.stale == {"scene-0001": ["dino_features", "teacher"]}
     assert store.scene("scene-0001")["lidar_points"].shape[0] > 1000
 

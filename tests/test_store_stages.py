@@ -111,10 +111,12 @@ def test_a_stage_made_from_replaced_inputs_is_stale_and_hidden(tmp_path):
     with pytest.raises(SceneIncompleteError, match="stale.*run `distillprep teacher"):
         view["teacher_depth"]
     assert store.manifest(["s"]).column("teacher_psnr").null_count == 4
-    report = validate_store(tmp_path / "s.zarr")
-    assert report.ok
-    stale = {f.message.split()[1] for f in report.findings if f.rule == "stale-stage"}
+    report = validate_store(tmp_path / "s.zarr")  # outputs not of its data: not valid
+    assert not report.ok
+    stale = {f.message.split()[1] for f in report.errors if f.rule == "stale-stage"}
     assert stale == {"teacher", "dino_features"}
+    assert {f.rule for f in report.errors} == {"stale-stage"}
+    assert "run `distillprep teacher fit / teacher render` again" in str(report.errors[0])
     # features made before the teacher rendered are stale once it has
     write_teacher_stage(store, "s", teacher_arrays(4, 2))
     store.commit_stage("s", feature_record(store, "s", "clip"), feature_arrays("clip", 4, 2))
