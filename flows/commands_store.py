@@ -77,9 +77,18 @@ def add_validate(sub) -> None:
 
 
 def run_validate(args) -> int:
+    from distillprep.storage_schemas.errors import NotAStoreError
     from distillprep.storage_schemas.validate import format_report, validate_store
 
-    result = validate_store(args.store, deep=args.deep, storage_options=storage_options(args))
+    try:
+        result = validate_store(args.store, deep=args.deep,
+                                storage_options=storage_options(args))
+    except NotAStoreError as exc:
+        if not args.json:
+            raise
+        emit(args, {"store": args.store, "deep": args.deep, "valid": False,
+                    "error": str(exc), "findings": []}, "")
+        return exc.exit_code
     emit(args, result.to_json(), format_report(result))
     return result.exit_code
 

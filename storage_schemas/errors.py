@@ -64,3 +64,9 @@ class SceneSourceError(StoreError, DataError):
 class OutputsWouldGoStaleError(StoreError, ConfigError):
     """Re-ingesting a scene with other content would make later stages' outputs stale;
     that must be asked for (`--replace-outputs`)."""
+
+
+class StoreReadError(StoreError, DataError):
+    """Stored bytes that cannot be read or decoded (a damaged shard, a garbled index, a
+    metadata file that is not JSON): the message names the scene, the array and its
+    files; `distillprep validate --deep` reports every such object."""

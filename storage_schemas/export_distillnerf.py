@@ -54,7 +54,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from PIL import Image
 
-from .errors import StoreError
+from .errors import StoreError, StoreReadError
 from .store import Store, open_store
 
 REAL_FOLDER = "samples_0_0_0_0_0_0"
@@ -187,6 +187,19 @@ def sky_mask(depth: np.ndarray, opacity: np.ndarray | None, sky_opacity: float) 
     return sky.astype(np.uint8)
 
 
+def check_values(scene_id: str, array: str, index: int, data: np.ndarray, low: float,
+                 high: float) -> None:
+    """Refuse to export values no teacher writes (NaN, infinite, out of [low, high]): they
+    come from damaged bytes, and DistillNeRF would train on them."""
+    values = np.asarray(data, dtype=np.float32)
+    bad = ~np.isfinite(values) | (values < low) | (values > high)
+    if bad.any():
+        raise StoreReadError(f"scene {scene_id!r}, array {array}, view {index}: {int(bad.sum())} "
+                             f"values that are NaN, infinite or outside [{low}, {high}]: the "
+                             "store is damaged (run `distillprep validate --deep`); nothing "
+                             "more was exported")
+
+
 def _check_teacher_arrays(store: Store, scene_id: str) -> None:
     present = set(store.scene(scene_id).array_names())
     missing = [name for name in TEACHER_ARRAYS if name not in present]
@@ -240,6 +253,10 @@ def _export_scene(store: Store, scene_id: str, out: Path, include_moved: bool,
                                               "earlier view"))
             return False
         seen.add(depth_rel)
+        prefix = "teacher" if kind == "real" else "virtual"
+        check_values(scene_id, f"{prefix}_depth", index, depth, 0.0, np.inf)
+        if opacity is not None:
+            check_values(scene_id, f"{prefix}_opacity", index, opacity, 0.0, 1.0)
         outputs = [(depth_rel, lambda p: save_npy(p, depth.astype(np.float32))),
                    (distillnerf_path(source, folder, "gt_sky_masks", ".npy"),
                     lambda p: save_npy(p, sky_mask(depth, opacity, sky_opacity)))]

@@ -27,6 +27,7 @@ def summarize(store: Store, scene_ids: list[str] | None = None) -> dict[str, Any
         attrs = view.attrs
         for record in view.commits.values():
             for name, written in record.arrays.items():
+                view[name]  # its metadata must read: a damaged store fails here, named
                 entry = arrays.setdefault(name, {"raw_bytes": 0, "stored_bytes": 0})
                 entry["raw_bytes"] += (int(np.prod(written.shape))
                                        * np.dtype(written.dtype).itemsize)

@@ -19,7 +19,7 @@ import zarr.api.asynchronous
 from PIL import Image
 from zarr.core.sync import sync
 
-from .errors import SchemaViolationError
+from .errors import SchemaViolationError, StoreReadError
 from .manifest import SAMPLE_ARRAYS
 from .spec import ARRAYS
 from .store import Store, open_store
@@ -47,7 +47,8 @@ class SceneReader:
         self.attrs = self.view.attrs
         # Everything opened once and concurrently (a lookup by name reads an array's
         # metadata again); per-sample arrays stay open for concurrent block reads.
-        tables, self.sample_arrays = sync(self._open())
+        tables, self.sample_arrays = self._named(sync, self._open(), "its arrays' metadata "
+                                                 "and small tables")
         self.ego_to_world = tables.pop("ego_to_world")
         self.jpeg_nbytes = tables.pop("rgb_jpeg_nbytes")
         self.tables = tables
@@ -94,15 +95,37 @@ class SceneReader:
 
     def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Samples start..stop-1 of every per-sample array, the arrays read concurrently
-        (their decoding overlaps on several cores)."""
+        (their decoding overlaps on several cores); an array whose bytes do not read is a
+        StoreReadError naming the scene, the array and its folder."""
         arrays = list(self.sample_arrays.items())
 
         async def read_all():
             return await asyncio.gather(*(array.getitem(slice(start, stop))
-                                          for _, array in arrays))
+                                          for _, array in arrays), return_exceptions=True)
 
-        return {name: np.asarray(data) for (name, _), data in zip(arrays, sync(read_all()),
-                                                                   strict=True)}
+        blocks = sync(read_all())
+        for (name, _), block in zip(arrays, blocks, strict=True):
+            if isinstance(block, IndexError | TypeError):
+                raise block
+            if isinstance(block, Exception):
+                folder = (f"{self.store.location.location.rstrip('/')}/"
+                          f"{self.view.group_path(ARRAYS[name].stage)}/{name}")
+                raise StoreReadError(f"scene {self.scene_id!r}, array {name} ({folder}): "
+                                     f"cannot read samples {start}..{stop - 1}: "
+                                     f"{type(block).__name__}: {block}") from None
+        return {name: np.asarray(data) for (name, _), data in zip(arrays, blocks, strict=True)}
+
+    def _named(self, run, coroutine, what: str):
+        """run(coroutine), any failure to read or decode stored bytes turned into a
+        StoreReadError naming the scene, what was read and where."""
+        try:
+            return run(coroutine)
+        except (IndexError, TypeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs and shard indexes raise anything
+            raise StoreReadError(f"scene {self.scene_id!r} of store "
+                                 f"{self.store.location.location}: cannot read {what}: "
+                                 f"{type(exc).__name__}: {exc}") from None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Samples in order, reading one shard of every array at a time."""

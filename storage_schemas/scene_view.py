@@ -15,7 +15,7 @@ import pyarrow as pa
 import zarr
 
 from .attrs import CommitRecord, SceneAttrs, parse_scene_attrs
-from .errors import MetadataError, SceneIncompleteError, StoreError
+from .errors import MetadataError, SceneIncompleteError, StoreError, StoreReadError
 from .manifest import join_parts, part_from_parquet_bytes
 from .provenance import StageRecord
 from .spec import ARRAYS, STAGE_INPUTS, STAGES
@@ -51,6 +51,31 @@ def current_commits(heads: dict[str, CommitRecord],
         else:
             current[stage] = record
     return current, stale
+
+
+class CheckedArray:
+    """A stored array whose reads turn any failure to read or decode its bytes into a
+    StoreReadError naming the scene, the array and its files; everything else (shape,
+    dtype, chunks, ...) is the zarr array's."""
+
+    def __init__(self, array: zarr.Array, scene_id: str, name: str, where: str):
+        self._array, self.scene_id, self.name, self.where = array, scene_id, name, where
+
+    def __getattr__(self, attribute: str):
+        return getattr(self._array, attribute)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, selection):
+        try:
+            return self._array[selection]
+        except (IndexError, TypeError):
+            raise  # a selection the array does not have: the caller's mistake
+        except Exception as exc:  # noqa: BLE001 - codecs and shard indexes raise anything
+            raise StoreReadError(f"scene {self.scene_id!r}, array {self.name} ({self.where}): "
+                                 f"cannot read the stored bytes: {type(exc).__name__}: "
+                                 f"{exc}") from None
 
 
 class SceneView:
@@ -107,9 +132,20 @@ class SceneView:
     def group(self, stage: str) -> zarr.Group:
         """The zarr group of a stage's commit (current or stale)."""
         if stage not in self._groups:
-            self._groups[stage] = self.store.location.open_group(self.group_path(stage),
-                                                                 mode="r")
+            path = self.group_path(stage)
+            try:
+                self._groups[stage] = self.store.location.open_group(path, mode="r")
+            except (FileNotFoundError, KeyError) as exc:
+                raise StoreError(f"scene {self.scene_id!r}, stage {stage}: its commit names "
+                                 f"{path}, which does not exist ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - a damaged zarr.json raises anything
+                raise MetadataError(f"scene {self.scene_id!r}, stage {stage}: "
+                                    f"{self._file(path)}/zarr.json is unreadable: "
+                                    f"{type(exc).__name__}: {exc}") from None
         return self._groups[stage]
+
+    def _file(self, key: str) -> str:
+        return f"{self.store.location.location.rstrip('/')}/{key}"
 
     def array_names(self) -> list[str]:
         """Arrays of the current stages, in schema order."""
@@ -119,17 +155,24 @@ class SceneView:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.array_names()
 
-    def __getitem__(self, name: str) -> zarr.Array:
+    def __getitem__(self, name: str) -> CheckedArray:
         spec = ARRAYS.get(name)
         if spec is None:
             raise KeyError(f"{name!r} is not an array of the schema")
         if name not in self:
             raise SceneIncompleteError(self.missing_message(name))
+        where = self._file(f"{self.group_path(spec.stage)}/{name}")
         try:
-            return self.group(spec.stage)[name]
+            array = self.group(spec.stage)[name]
         except KeyError:
             raise StoreError(f"scene {self.scene_id!r}, array {name}: committed in "
                              f"{self.group_path(spec.stage)} but not there") from None
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged zarr.json raises anything
+            raise MetadataError(f"scene {self.scene_id!r}, array {name}: {where}/zarr.json "
+                                f"is unreadable: {type(exc).__name__}: {exc}") from None
+        return CheckedArray(array, self.scene_id, name, where)
 
     def missing_message(self, name: str) -> str:
         """Why the scene has no array `name`, and what to run."""

@@ -120,19 +120,31 @@ class _Checker:
         except Exception as exc:  # noqa: BLE001 - damaged bytes raise anything in zarr
             self.error("unreadable", f"{type(exc).__name__}: {exc}", scene=scene_id)
 
+    def _heads(self, scene_id: str) -> dict:
+        """The latest commit of every stage that reads; each one that does not is a
+        finding naming its file (the other stages are still checked)."""
+        heads = {}
+        for stage, sequences in self.store.sequences(scene_id).items():
+            try:
+                heads[stage] = self.store.read_commit(scene_id, stage, sequences[-1])
+            except StoreError as exc:
+                self.error("commit-record", str(exc), scene=scene_id)
+        return heads
+
     def _scene(self, scene_id: str) -> None:
         for key in self.store.location.find(f"commits/{scene_id}"):
             if is_temp_name(key.rsplit("/", 1)[-1]):
                 self.warn("temp-file", f"commits/{scene_id}/{key} is a temporary file left by "
                           "an interrupted commit; safe to delete", scene=scene_id)
-        heads = self.store.heads(scene_id)
-        if not heads:
+        if not self.store.sequences(scene_id):
             self.warn("uncommitted-scene", "no commit record (a first write that was "
                       "interrupted): readers ignore the scene", scene=scene_id)
             return
+        heads = self._heads(scene_id)
         if "ingest" not in heads:
-            self.error("provenance", f"stages {sorted(heads)} are committed but the scene has "
-                       "no ingest commit", scene=scene_id)
+            if heads:
+                self.error("provenance", f"stages {sorted(heads)} are committed but the scene "
+                           "has no readable ingest commit", scene=scene_id)
             return
         view = SceneView(self.store, scene_id, heads)
         for stage, why in view.stale.items():  # outputs that do not match their inputs
@@ -143,10 +155,12 @@ class _Checker:
             if not self.store.location.exists(f"{prefix}/zarr.json"):
                 self.error("missing-data", f"stage {stage}: commit {record.sequence} points "
                            f"to {prefix}, which does not exist", scene=scene_id)
-                if stage == "ingest":
-                    return
             self.orphans(scene_id, stage, record.attempt)
-        attrs = view.attrs
+        try:
+            attrs = view.attrs
+        except StoreError as exc:
+            self.error("scene-attributes", str(exc), scene=scene_id)
+            return
         self.report.scenes += 1
         self.report.samples += attrs.num_samples
         dims = {"N": attrs.num_samples, "F": attrs.num_frames, "H": attrs.height,
@@ -157,37 +171,52 @@ class _Checker:
         for name, message in conflicts:
             self.error("shape", message, scene_id, name)
         dims = {**implied, **dims}
-        tables = {}
+        tables: dict[str, np.ndarray] = {}
         for stage, record in heads.items():
-            if not self.store.location.exists(f"{view.group_path(stage)}/zarr.json"):
-                continue
-            random = getattr(record.provenance, "random_init", False)
-            if random:
-                self.warn("random-weights", f"stage {stage}: features of RANDOMLY "
-                          f"INITIALISED {record.provenance.model} weights (--random-init), "
-                          "not of a pretrained model: for tests and demos only", scene=scene_id)
+            self.stage(scene_id, view, stage, record, dims, tables, attrs.num_samples)
+        for rule, array, message in check_values(attrs, tables, dims):
+            self.error(rule, message, scene_id, array)
+
+    def stage(self, scene_id, view, stage, record, dims, tables, num_samples) -> None:
+        """Check one stage's group, arrays and manifest part; its small tables go into
+        `tables` for the value checks. Every object that fails to read is a finding."""
+        prefix = view.group_path(stage)
+        if not self.store.location.exists(f"{prefix}/zarr.json"):
+            return
+        if getattr(record.provenance, "random_init", False):
+            self.warn("random-weights", f"stage {stage}: features of RANDOMLY INITIALISED "
+                      f"{record.provenance.model} weights (--random-init), not of a pretrained "
+                      "model: for tests and demos only", scene=scene_id)
+        try:
             group = view.group(stage)
-            present = set(group.array_keys())
-            needed = set(stage_arrays(stage)) - set(
-                optional_arrays(stage, "teacher" in record.provenance.inputs))
-            for name in sorted(needed - present):
-                self.error("missing-array", f"stage {stage} is committed but its array is "
-                           "missing", scene_id, name)
-            for name in sorted(present):
-                if name not in ARRAYS or ARRAYS[name].stage != stage:
-                    self.warn("unknown-array", f"array in stage {stage}'s group is not one of "
-                              "its arrays in the schema", scene_id, name)
-                    continue
+        except StoreError as exc:
+            self.error("unreadable", str(exc), scene_id)
+            return
+        present = {name for name in self.store.location.children(prefix)
+                   if name != "zarr.json" and not is_temp_name(name)}
+        needed = set(stage_arrays(stage)) - set(
+            optional_arrays(stage, "teacher" in record.provenance.inputs))
+        for name in sorted(needed - present):
+            self.error("missing-array", f"stage {stage} is committed but its array is "
+                       "missing", scene_id, name)
+        for name in sorted(present):
+            if name not in ARRAYS or ARRAYS[name].stage != stage:
+                self.warn("unknown-array", f"{prefix}/{name} is not one of stage {stage}'s "
+                          "arrays in the schema", scene_id, name)
+                continue
+            try:
                 if self.array_layout(scene_id, group, name, record, dims, view) and (
                         name in SMALL_TABLES):
                     tables[name] = np.asarray(group[name][...])
-            self.manifest(scene_id, stage, record, attrs.num_samples)
-            if self.report.deep:
-                for name in sorted(present & set(record.arrays)):
-                    if name in ARRAYS and ARRAYS[name].stage == stage:
-                        self.deep_array(scene_id, group, name, record)
-        for rule, array, message in check_values(attrs, tables, dims):
-            self.error(rule, message, scene_id, array)
+            except Exception as exc:  # noqa: BLE001 - damaged bytes raise anything in zarr
+                self.error("unreadable", f"{prefix}/{name}: cannot read its metadata or "
+                           f"values: {type(exc).__name__}: {exc}", scene_id, name)
+                present.discard(name)
+        self.manifest(scene_id, stage, record, num_samples)
+        if self.report.deep:
+            for name in sorted(present & set(record.arrays)):
+                if name in ARRAYS and ARRAYS[name].stage == stage:
+                    self.deep_array(scene_id, group, name, record, prefix)
 
     def orphans(self, scene_id: str, stage: str, head_attempt: str) -> None:
         for attempt in self.store.location.children(f"scenes/{scene_id}/{stage}"):
@@ -265,7 +294,7 @@ class _Checker:
             self.error("manifest-scene", f"{record.manifest}: rows name scenes {sorted(ids)}",
                        scene_id)
 
-    def deep_array(self, scene_id, group, name, record) -> None:
+    def deep_array(self, scene_id, group, name, record, prefix) -> None:
         spec, array = ARRAYS[name], group[name]
         digest = hashlib.sha256()
         step = (int((array.shards or array.chunks)[0]) if spec.per_sample or spec.chunk_rows
@@ -283,8 +312,8 @@ class _Checker:
                         self.error("value-range", f"values outside [{lo}, {hi}] in rows "
                                    f"{start}..{start + len(block) - 1}", scene_id, name)
         except Exception as exc:  # noqa: BLE001 - codec and shard-index errors from zarr
-            self.error("unreadable-chunk", f"cannot read: {type(exc).__name__}: {exc}",
-                       scene_id, name)
+            self.error("unreadable-chunk", f"{prefix}/{name}: cannot read: "
+                       f"{type(exc).__name__}: {exc}", scene_id, name)
             return
         written = record.arrays.get(name)
         if written is not None and digest.hexdigest() != written.sha256:
