@@ -199,24 +199,25 @@ class _Checker:
         for name in sorted(needed - present):
             self.error("missing-array", f"stage {stage} is committed but its array is "
                        "missing", scene_id, name)
+        opened = {}
         for name in sorted(present):
             if name not in ARRAYS or ARRAYS[name].stage != stage:
                 self.warn("unknown-array", f"{prefix}/{name} is not one of stage {stage}'s "
                           "arrays in the schema", scene_id, name)
                 continue
             try:
-                if self.array_layout(scene_id, group, name, record, dims, view) and (
+                array = opened[name] = group[name]  # each array's metadata read once
+                if self.array_layout(scene_id, array, name, record, dims, view) and (
                         name in SMALL_TABLES):
-                    tables[name] = np.asarray(group[name][...])
+                    tables[name] = np.asarray(array[...])
             except Exception as exc:  # noqa: BLE001 - damaged bytes raise anything in zarr
                 self.error("unreadable", f"{prefix}/{name}: cannot read its metadata or "
                            f"values: {type(exc).__name__}: {exc}", scene_id, name)
-                present.discard(name)
+                opened.pop(name, None)
         self.manifest(scene_id, stage, record, num_samples)
         if self.report.deep:
-            for name in sorted(present & set(record.arrays)):
-                if name in ARRAYS and ARRAYS[name].stage == stage:
-                    self.deep_array(scene_id, group, name, record, prefix)
+            for name in sorted(set(opened) & set(record.arrays)):
+                self.deep_array(scene_id, opened[name], name, record, prefix)
 
     def orphans(self, scene_id: str, stage: str, head_attempt: str) -> None:
         for attempt in self.store.location.children(f"scenes/{scene_id}/{stage}"):
@@ -228,10 +229,10 @@ class _Checker:
                           "committed attempt (a superseded commit's or an interrupted write's; "
                           "another writer's while one runs)", scene=scene_id)
 
-    def array_layout(self, scene_id, group, name, record, dims, view) -> bool:
+    def array_layout(self, scene_id, array, name, record, dims, view) -> bool:
         """Check an array's metadata against the schema and its commit; True when its
         shape and dtype are the schema's (so its values can be checked)."""
-        spec, array = ARRAYS[name], group[name]
+        spec = ARRAYS[name]
         ok = True
         if array.dtype != np.dtype(spec.dtype):
             self.error("dtype", f"dtype {array.dtype}, the schema says {spec.dtype}", scene_id,
@@ -294,8 +295,8 @@ class _Checker:
             self.error("manifest-scene", f"{record.manifest}: rows name scenes {sorted(ids)}",
                        scene_id)
 
-    def deep_array(self, scene_id, group, name, record, prefix) -> None:
-        spec, array = ARRAYS[name], group[name]
+    def deep_array(self, scene_id, array, name, record, prefix) -> None:
+        spec = ARRAYS[name]
         digest = hashlib.sha256()
         step = (int((array.shards or array.chunks)[0]) if spec.per_sample or spec.chunk_rows
                 else max(1, array.shape[0]))

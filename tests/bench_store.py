@@ -154,6 +154,7 @@ def bench_store(dataset: Path) -> None:
         _bench_rgb_footprint(payloads, tmp)
         _bench_codecs(payloads, dataset)
         _bench_validator(payloads, version, tmp)
+        bench_validate_against_ingest(dataset, tmp)
 
 
 def _bench_rgb_footprint(payloads, tmp: Path) -> None:
@@ -224,6 +225,34 @@ def bench_codecs(kind: str, data: np.ndarray, rows: int = 1) -> None:
         print(f"codec.{kind}.{name}.ratio: {data.nbytes / stored:.2f}")
         print(f"codec.{kind}.{name}.write_mb_per_s: {mb / write:.0f}")
         print(f"codec.{kind}.{name}.read_mb_per_s: {mb / read:.0f}")
+
+
+def bench_validate_against_ingest(dataset: Path, tmp: Path) -> None:
+    """`validate` and `validate --deep` of a store against the `ingest` that wrote it
+    (dataset read, JPEG bytes, LiDAR projected, all written), in the same process."""
+    from distillprep.storage_schemas.ingest import IngestConfig, ingest
+
+    read = read_nuscenes(dataset, sweeps=True)
+    best = {}
+    for round_ in range(3):
+        path = tmp / f"ingest{round_}.zarr"
+        store = create_store(path, "nuscenes", read.version)
+        best["ingest"] = min(best.get("ingest", np.inf), _timed(lambda store=store: ingest(
+            store, read_nuscenes(dataset, sweeps=True).scenes,
+            IngestConfig("nuscenes", read.version, sweeps=True))))
+        for deep in (False, True):
+            key = "deep" if deep else "plain"
+            report = None
+
+            def check(path=path, deep=deep):
+                nonlocal report
+                report = validate_store(path, deep=deep)
+
+            best[key] = min(best.get(key, np.inf), _timed(check))
+            assert report.ok, [str(f) for f in report.errors[:3]]
+    print(f"validate.ingest_seconds: {best['ingest']:.2f}")
+    print(f"validate.ratio_to_ingest: {best['plain'] / best['ingest']:.3f}")
+    print(f"validate.deep_ratio_to_ingest: {best['deep'] / best['ingest']:.3f}")
 
 
 def _bench_validator(payloads, version, tmp: Path) -> None:
