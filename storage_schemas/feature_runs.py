@@ -2,23 +2,23 @@
 
     feature_runs/<family>/run.json                       FeatureRun: the family's run
     feature_runs/<family>/pca.npz                        FeatureBasis: its PCA (+ pattern)
-    feature_runs/<family>/partial/<scene>/<key>/<kind>-<start>.npy
+    feature_runs/<family>/partial/<scene>/<key>/<kind>-<start>.npz
                                                          a finished batch of an uncommitted
                                                          scene, kept for a resume
+                                                         (`partials.py`)
 
 A run is one model and config over a store (`run_id` hashes its config and weights):
 every scene of a run is projected with the same basis, so a resumed run reuses the saved
 one. Kept batches live under a key made of the run and the fingerprints of the scene's
-inputs, so a batch computed from other images (the scene re-ingested meanwhile) is never
-reused. `pca.npz` is written before `run.json`, and `run.json` records the basis' SHA-256:
-a run whose files disagree is refused.
+inputs (`partials.py`), so a batch computed from other images (the scene re-ingested
+meanwhile) is never reused. `pca.npz` is written before `run.json`, and `run.json`
+records the basis' SHA-256: a run whose files disagree is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,14 +69,6 @@ class FeatureBasis:
 
 def run_prefix(family: str) -> str:
     return f"feature_runs/{family}"
-
-
-def partial_prefix(family: str, scene_id: str, run_id: str, inputs: dict[str, str]) -> str:
-    """Where a scene's finished batches are kept: keyed by the run and the fingerprints of
-    the scene's inputs (`inputs`: stage -> content fingerprint)."""
-    text = json.dumps({"run": run_id, "inputs": inputs}, sort_keys=True)
-    key = hashlib.sha256(text.encode()).hexdigest()[:24]
-    return f"{run_prefix(family)}/partial/{scene_id}/{key}"
 
 
 def basis_to_bytes(basis: FeatureBasis) -> bytes:
@@ -131,21 +123,3 @@ def write_run(store: Store, run: FeatureRun, basis: FeatureBasis) -> None:
     prefix = run_prefix(run.family)
     store.location.put(f"{prefix}/pca.npz", basis_to_bytes(basis))
     store.location.put(f"{prefix}/run.json", run.model_dump_json(indent=1).encode())
-
-
-def read_batch(store: Store, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A kept batch of that shape (float16), or None when absent or unusable."""
-    data = store.location.get(key)
-    if data is None:
-        return None
-    try:
-        part = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None  # a damaged kept batch is recomputed, never trusted
-    return part if part.shape == shape and part.dtype == np.float16 else None
-
-
-def write_batch(store: Store, key: str, part: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, part.astype(np.float16), allow_pickle=False)
-    store.location.put(key, buffer.getvalue())

@@ -101,7 +101,7 @@ def test_a_killed_run_resumes_with_the_same_result(store_with_views, extractor, 
         run_features(store, extractor, CONFIG, progress=kill_in_scene_two)
     assert store.scene("scene-0002").provenance("dino_features") is None
     kept = store.location.find(f"{run_prefix('dino')}/partial/scene-0002")
-    assert [k.rsplit("/", 1)[-1] for k in kept] == ["real-0.npy", "real-4.npy"]
+    assert [k.rsplit("/", 1)[-1] for k in kept] == ["real-0.npz", "real-4.npz"]
     resumed = run_features(store, extractor, CONFIG)
     assert resumed.skipped == ["scene-0001"] and resumed.done == ["scene-0002"]
     assert resumed.images == 18 - 8  # neither the PCA sample nor the kept batches again

@@ -83,3 +83,48 @@ def test_every_stage_runs_from_the_store_alone_and_twice_does_nothing(small_data
     assert longer.status == "resumed" and longer.steps_now == 5
     assert render_teacher(store, SCENE, ckpt, render_job).status == "written"
     assert set(store.scene(SCENE).stale) == {"dino_features", "clip_features"}
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_render_resumes_with_the_same_outputs(sweeps_store_copy, tmp_path,
+                                                       monkeypatch):
+    import distillprep.teachers.nerf.outputs as outputs_module
+    from distillprep.storage_schemas.store import open_store
+
+    torch.set_num_threads(2)
+    store = open_store(sweeps_store_copy, mode="a")
+    clean = open_store(shutil.copytree(sweeps_store_copy, tmp_path / "clean.zarr"), mode="a")
+    ckpt = tmp_path / "teacher.pt"
+    fit_teacher(store, SCENE, ckpt, TeacherFitJob(fit=TINY, steps=20, holdout=0))
+    job = TeacherRenderJob(render=RenderConfig(
+        scale=0.25, virtual=VirtualViewConfig(resolution_scale=0.25)))
+    render_teacher(clean, SCENE, ckpt, job)
+
+    def killed_after_seven(images):
+        for i, image in enumerate(images):
+            if i == 7:
+                raise _Killed
+            yield image
+
+    try:
+        render_teacher(store, SCENE, ckpt, job, progress=killed_after_seven)
+    except _Killed:
+        pass
+    kept = store.location.find(f"teacher_runs/partial/{SCENE}")
+    assert sorted(k.rsplit("/", 1)[-1] for k in kept) == sorted(
+        f"real-{i}.npz" for i in (0, 1, 2, 3, 4, 5, 12))  # keyframe samples 0-5 and 12
+    calls = []
+    real = outputs_module.render_view
+    monkeypatch.setattr(outputs_module, "render_view",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert render_teacher(store, SCENE, ckpt, job).status == "written"
+    ours, theirs = store.scene(SCENE), clean.scene(SCENE)
+    assert len(calls) == 18 - 7 + ours["virtual_rgb"].shape[0]  # the seven were not redone
+    for name in ours.array_names():
+        if name.startswith(("teacher_", "virtual_")):
+            np.testing.assert_array_equal(ours[name][...], theirs[name][...], err_msg=name)
+    assert store.manifest([SCENE]).equals(clean.manifest([SCENE]))
+    assert not store.location.find(f"teacher_runs/partial/{SCENE}")

@@ -32,14 +32,12 @@ from distillprep.storage_schemas.feature_runs import (
     FeatureRun,
     FeatureRunError,
     basis_to_bytes,
-    partial_prefix,
-    read_batch,
     read_run,
     run_prefix,
-    write_batch,
     write_run,
 )
 from distillprep.storage_schemas.layout import array_sha256
+from distillprep.storage_schemas.partials import Pieces, drop_pieces, partial_prefix
 from distillprep.storage_schemas.provenance import FeatureProvenance
 from distillprep.storage_schemas.reader import decode_jpeg
 from distillprep.storage_schemas.scene_view import SceneView
@@ -238,23 +236,26 @@ def scene_features(store: Store, view: SceneView, extractor: FeatureExtractor,
     the scene commits (and read back instead of recomputed on a resume)."""
     family = extractor.spec.family
     sets = image_sets(view)
-    kept_under = partial_prefix(family, view.scene_id, basis.run.run_id,
-                                view.input_fingerprints(f"{family}_features"))
+    kept = Pieces(store, partial_prefix(
+        run_prefix(family), view.scene_id,
+        {"run": basis.run.run_id, "inputs": view.input_fingerprints(f"{family}_features")}))
     out, extracted = {}, 0
     for images in sets:
         grid = grid_for(extractor, config, sets[0], images)
         shape = (config.channels, *extractor.feature_grid(grid))
         parts = []
         for start, stop in _batches(images, extractor.batch_size):
-            key = f"{kept_under}/{images.kind}-{start}.npy"
-            part = read_batch(store, key, (stop - start, *shape))
-            if part is None:
+            name = f"{images.kind}-{start}"
+            piece = kept.get(name, {"features": ((stop - start, *shape), "float16")})
+            if piece is None:
                 features = extractor(read_images(view, images, start, stop), grid)
                 part = project(basis.pca, denoise(features, basis.pattern)).astype(np.float16)
-                write_batch(store, key, part)
+                kept.put(name, {"features": part})
                 extracted += stop - start
                 if progress:
                     progress(stop - start)
+            else:
+                part = piece["features"]
             parts.append(part)
         out[images.kind] = np.concatenate(parts)
     return out, extracted
@@ -299,7 +300,7 @@ def extract_scene_features(store: Store, scene_id: str, extractor: FeatureExtrac
                        {f"{family}_feature_norm_mean": norms.astype(np.float32).tolist(),
                         f"has_{family}_features": [True] * len(norms)},
                        expect_sequence=base)
-    store.location.delete(f"{run_prefix(family)}/partial/{scene_id}")
+    drop_pieces(store, run_prefix(family), scene_id)
     return SceneFeaturesResult(scene_id, "written", extracted, time.perf_counter() - start)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from distillprep.scenes.io import file_sha256
 from distillprep.storage_schemas.attrs import CommitRecord, config_hash
+from distillprep.storage_schemas.partials import Pieces, drop_pieces, partial_prefix
 from distillprep.storage_schemas.provenance import TeacherProvenance, VirtualViewCounts
 from distillprep.storage_schemas.store import Store, package_version
 from distillprep.storage_schemas.stored_scene import load_scene
@@ -34,6 +35,8 @@ from .rays import check_scene_for_fit, holdout_frames
 
 CODE_VERSION = 1
 """Version of what the teacher stage writes (bumped when its outputs change meaning)."""
+RENDER_ROOT = "teacher_runs"
+"""Where a render's finished images wait for its commit (`storage_schemas.partials`)."""
 
 FitProgress = Callable[[int, int, dict[str, Any]], None]
 """Called with the step reached, the steps to reach and the logged losses (`fit.train`'s
@@ -194,7 +197,9 @@ def render_teacher(store: Store, scene_id: str, checkpoint: str | Path,
                    progress: Callable[[Iterable], Iterable] | None = None) -> RenderResult:
     """Render a fitted teacher's dense depth and virtual views of a scene into the store
     (the teacher stage's commit: its arrays and manifest columns, nothing else).
-    `progress(iterable)` wraps the loop over the rendered samples."""
+    `progress(iterable)` wraps the loop over the rendered samples. Every finished image is
+    kept in the store until the commit, keyed to the checkpoint, configs and the scene's
+    content: a killed render resumes where it stopped."""
     start = time.perf_counter()
     checkpoint = Path(checkpoint)
     view = store.scene(scene_id)
@@ -212,8 +217,10 @@ def render_teacher(store: Store, scene_id: str, checkpoint: str | Path,
     scene = load_scene(store, scene_id, view)
     samples = [i for i, s in enumerate(scene.camera_samples)
                if config.samples == "all" or s.is_keyframe]
+    kept = Pieces(store, partial_prefix(RENDER_ROOT, scene_id, {
+        "render": identity, "inputs": view.input_fingerprints("teacher")}))
     outputs = render_outputs(saved.teacher, scene, saved.frames, config.render,
-                             samples=samples, progress=progress)
+                             samples=samples, progress=progress, pieces=kept)
     figures, teacher = outputs.figures, saved.teacher
     history = teacher.history[-1] if teacher.history else {}
     counts = figures["virtual_views"]
@@ -233,4 +240,5 @@ def render_teacher(store: Store, scene_id: str, checkpoint: str | Path,
         virtual_views=VirtualViewCounts(**counts))
     record = store.commit_stage(scene_id, provenance, outputs.arrays, outputs.columns,
                                 expect_sequence=base)
+    drop_pieces(store, RENDER_ROOT, scene_id)
     return RenderResult(scene_id, "written", record, time.perf_counter() - start)

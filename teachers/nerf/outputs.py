@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -90,16 +90,28 @@ def lidar_abs_rel(depth: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.nd
     return float(np.mean(np.abs(depth[row[inside], col[inside]] - z) / z))
 
 
+class Pieces(Protocol):
+    """Where finished renders are kept for a resume (`storage_schemas.partials.Pieces`):
+    get(name, expected) -> arrays or None, put(name, arrays)."""
+
+    def get(self, name: str, expected: dict | None = None) -> dict[str, np.ndarray] | None: ...
+
+    def put(self, name: str, arrays: dict[str, np.ndarray]) -> None: ...
+
+
 def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
                    config: RenderConfig, samples: list[int] | None = None,
-                   progress=None) -> TeacherOutputs:
+                   progress=None, pieces: Pieces | None = None) -> TeacherOutputs:
     """Render the real camera samples `samples` (indices into `scene.camera_samples`;
     None: all) and their virtual views (on the teacher's device). The arrays cover every
     sample of the scene: those not rendered stay zero and their manifest columns empty
     (`has_teacher_depth` false).
 
     `fitted_frames` are the frames the teacher was fitted on: the others count as held out
-    in the figures. `progress(iterable)` wraps the loop over samples when given.
+    in the figures. `progress(iterable)` wraps the loop over samples when given. With
+    `pieces`, every finished image is kept there and one kept before is used instead of
+    rendered again (a killed render resumes; the caller keys `pieces` to this teacher,
+    config and scene content).
     """
     start = time.perf_counter()
     every = scene.camera_samples
@@ -114,25 +126,34 @@ def render_outputs(teacher: Teacher, scene: Scene, fitted_frames: list[int],
     for index in progress(picked) if progress else picked:
         sample = every[index]
         k, h, w = scaled_camera(sample.intrinsics, sample.height, sample.width, config.scale)
-        out = render_view(teacher, k, sample.cam_to_world, h, w,
-                          cameras.index(sample.camera), sample_time(scene, sample),
-                          chunk=config.chunk, sampling=config.sampling)
+        frame = frame_of[id(sample)]
+        expected = {"depth": ((h, w), "float16"), "opacity": ((h, w), "float16"),
+                    "scores": ((2,), "float64")}
+        piece = pieces.get(f"real-{index}", expected) if pieces is not None else None
+        if piece is None:
+            out = render_view(teacher, k, sample.cam_to_world, h, w,
+                              cameras.index(sample.camera), sample_time(scene, sample),
+                              chunk=config.chunk, sampling=config.sampling)
+            if frame not in lidar_cache:
+                lidar_cache[frame] = scene.frames[frame].lidar_points().points
+            piece = {"depth": out[DEPTH_KINDS[config.depth]].astype(np.float16),
+                     "opacity": np.clip(out["opacity"], 0.0, 1.0).astype(np.float16),
+                     "scores": np.array([psnr(out["rgb"], _resized_image(sample, h, w)),
+                                         lidar_abs_rel(out[DEPTH_KINDS[config.depth]], k,
+                                                       sample.cam_to_world,
+                                                       lidar_cache[frame])])}
+            if pieces is not None:
+                pieces.put(f"real-{index}", piece)
         if depth is None:
             depth = np.zeros((len(every), h, w), np.float16)
             opacity = np.zeros((len(every), h, w), np.float16)
-        depth[index] = out[DEPTH_KINDS[config.depth]]
-        opacity[index] = np.clip(out["opacity"], 0.0, 1.0)
-        frame = frame_of[id(sample)]
-        if frame not in lidar_cache:
-            lidar_cache[frame] = scene.frames[frame].lidar_points().points
-        scores[index] = psnr(out["rgb"], _resized_image(sample, h, w))
-        errors[index] = lidar_abs_rel(out[DEPTH_KINDS[config.depth]], k, sample.cam_to_world,
-                                      lidar_cache[frame])
+        depth[index], opacity[index] = piece["depth"], piece["opacity"]
+        scores[index], errors[index] = (float(v) for v in piece["scores"])
         held[index] = frame not in fitted_frames
     if depth is None:
         raise TeacherConfigError(f"scene {scene.scene_id!r}: no camera sample to render")
     arrays = {"teacher_depth": depth, "teacher_opacity": opacity}
-    virtual, counts = render_virtual_views(teacher, scene, config, picked)
+    virtual, counts = render_virtual_views(teacher, scene, config, picked, pieces)
     arrays.update(virtual)
     rendered = np.array([h is not None for h in held])
     held_mask = np.array([bool(h) for h in held])
@@ -170,12 +191,13 @@ def static_density(teacher: Teacher):
 
 
 def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
-                         samples: list[int] | None = None,
+                         samples: list[int] | None = None, pieces: Pieces | None = None,
                          ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Virtual views of the real samples `samples` (indices into `scene.camera_samples`;
     None: all) by the policy, placed out of geometry the field believes solid; returns
     their store arrays (`virtual_source_sample` indexes the scene's samples) and counts of
-    kept / moved / dropped."""
+    kept / moved / dropped. `pieces` as in `render_outputs` (the plan is a function of
+    the teacher and the config, so view i is the same view on a resume)."""
     every = scene.camera_samples
     picked = list(range(len(every))) if samples is None else list(samples)
     sources = [every[i] for i in picked]
@@ -194,13 +216,20 @@ def render_virtual_views(teacher: Teacher, scene: Scene, config: RenderConfig,
     depth = np.zeros((len(plan.views), height, width), np.float16)
     opacity = np.zeros_like(depth)
     for i, view in enumerate(plan.views):
-        source = sources[view.source_sample]
-        out = render_view(teacher, view.intrinsics, view.cam_to_world, *view.size,
-                          cameras.index(source.camera), sample_time(scene, source),
-                          chunk=config.chunk, sampling=config.sampling)
-        rgb[i] = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255.0)
-        depth[i] = out[DEPTH_KINDS[config.depth]]
-        opacity[i] = np.clip(out["opacity"], 0.0, 1.0)
+        expected = {"rgb": ((height, width, 3), "uint8"), "depth": ((height, width), "float16"),
+                    "opacity": ((height, width), "float16")}
+        piece = pieces.get(f"virtual-{i}", expected) if pieces is not None else None
+        if piece is None:
+            source = sources[view.source_sample]
+            out = render_view(teacher, view.intrinsics, view.cam_to_world, *view.size,
+                              cameras.index(source.camera), sample_time(scene, source),
+                              chunk=config.chunk, sampling=config.sampling)
+            piece = {"rgb": np.round(np.clip(out["rgb"], 0.0, 1.0) * 255.0).astype(np.uint8),
+                     "depth": out[DEPTH_KINDS[config.depth]].astype(np.float16),
+                     "opacity": np.clip(out["opacity"], 0.0, 1.0).astype(np.float16)}
+            if pieces is not None:
+                pieces.put(f"virtual-{i}", piece)
+        rgb[i], depth[i], opacity[i] = piece["rgb"], piece["depth"], piece["opacity"]
     arrays.update(virtual_rgb=rgb, virtual_depth=depth, virtual_opacity=opacity)
     statuses = [v.status for v in plan.views]
     counts = {"kept": statuses.count("kept"), "moved": statuses.count("moved"),
