@@ -70,3 +70,9 @@ class StoreReadError(StoreError, DataError):
     """Stored bytes that cannot be read or decoded (a damaged shard, a garbled index, a
     metadata file that is not JSON): the message names the scene, the array and its
     files; `distillprep validate --deep` reports every such object."""
+
+
+class ReplacedWhileReadingError(StoreError, TransientError):
+    """The version of a stage a reader opened was replaced, and its data removed, while
+    it read: nothing it read from there can be trusted; running it again reads the
+    current version."""

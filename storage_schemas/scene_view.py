@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import zarr
 
 from .attrs import CommitRecord, SceneAttrs, parse_scene_attrs
-from .errors import MetadataError, SceneIncompleteError, StoreError, StoreReadError
+from .errors import (
+    MetadataError,
+    ReplacedWhileReadingError,
+    SceneIncompleteError,
+    StoreError,
+    StoreReadError,
+)
 from .manifest import join_parts, part_from_parquet_bytes
 from .provenance import StageRecord
 from .spec import ARRAYS, STAGE_INPUTS, STAGES
@@ -56,10 +63,14 @@ def current_commits(heads: dict[str, CommitRecord],
 class CheckedArray:
     """A stored array whose reads turn any failure to read or decode its bytes into a
     StoreReadError naming the scene, the array and its files; everything else (shape,
-    dtype, chunks, ...) is the zarr array's."""
+    dtype, chunks, ...) is the zarr array's. A block that comes back all zeros (zarr's
+    answer for chunks that are not there) is only trusted once the version it was read
+    from is checked to still exist (ReplacedWhileReadingError otherwise)."""
 
-    def __init__(self, array: zarr.Array, scene_id: str, name: str, where: str):
-        self._array, self.scene_id, self.name, self.where = array, scene_id, name, where
+    def __init__(self, array: zarr.Array, view: SceneView, stage: str, name: str,
+                 where: str):
+        self._array, self.view, self.stage = array, view, stage
+        self.scene_id, self.name, self.where = view.scene_id, name, where
 
     def __getattr__(self, attribute: str):
         return getattr(self._array, attribute)
@@ -69,13 +80,16 @@ class CheckedArray:
 
     def __getitem__(self, selection):
         try:
-            return self._array[selection]
+            data = self._array[selection]
         except (IndexError, TypeError):
             raise  # a selection the array does not have: the caller's mistake
         except Exception as exc:  # noqa: BLE001 - codecs and shard indexes raise anything
             raise StoreReadError(f"scene {self.scene_id!r}, array {self.name} ({self.where}): "
                                  f"cannot read the stored bytes: {type(exc).__name__}: "
                                  f"{exc}") from None
+        if np.size(data) and not np.any(data):
+            self.view.check_still_there(self.stage)
+        return data
 
 
 class SceneView:
@@ -136,6 +150,7 @@ class SceneView:
             try:
                 self._groups[stage] = self.store.location.open_group(path, mode="r")
             except (FileNotFoundError, KeyError) as exc:
+                self.check_still_there(stage)
                 raise StoreError(f"scene {self.scene_id!r}, stage {stage}: its commit names "
                                  f"{path}, which does not exist ({exc})") from None
             except Exception as exc:  # noqa: BLE001 - a damaged zarr.json raises anything
@@ -143,6 +158,19 @@ class SceneView:
                                     f"{self._file(path)}/zarr.json is unreadable: "
                                     f"{type(exc).__name__}: {exc}") from None
         return self._groups[stage]
+
+    def check_still_there(self, stage: str) -> None:
+        """Raise ReplacedWhileReadingError when the version of `stage` this view read is
+        gone because a newer commit replaced it (its data removed after the grace)."""
+        if self.store.location.exists(f"{self.group_path(stage)}/zarr.json"):
+            return
+        now = self.store.head(self.scene_id, stage)
+        if now is not None and now.sequence != self.heads[stage].sequence:
+            raise ReplacedWhileReadingError(
+                f"scene {self.scene_id!r}: its {stage} outputs (commit "
+                f"{self.heads[stage].sequence}) were replaced by commit {now.sequence} and "
+                "removed while this read them: nothing read from them is used; run it "
+                "again")
 
     def _file(self, key: str) -> str:
         return f"{self.store.location.location.rstrip('/')}/{key}"
@@ -165,6 +193,7 @@ class SceneView:
         try:
             array = self.group(spec.stage)[name]
         except KeyError:
+            self.check_still_there(spec.stage)
             raise StoreError(f"scene {self.scene_id!r}, array {name}: committed in "
                              f"{self.group_path(spec.stage)} but not there") from None
         except StoreError:
@@ -172,7 +201,7 @@ class SceneView:
         except Exception as exc:  # noqa: BLE001 - a damaged zarr.json raises anything
             raise MetadataError(f"scene {self.scene_id!r}, array {name}: {where}/zarr.json "
                                 f"is unreadable: {type(exc).__name__}: {exc}") from None
-        return CheckedArray(array, self.scene_id, name, where)
+        return CheckedArray(array, self, spec.stage, name, where)
 
     def missing_message(self, name: str) -> str:
         """Why the scene has no array `name`, and what to run."""

@@ -13,9 +13,10 @@ an exclusive create (one atomic object write that fails if the name exists): the
 sequence is the stage's current commit. So a killed writer leaves the previous commit
 intact; two stages committed to one scene at once both land (they share nothing); of two
 commits of the same stage started from the same state one wins and the other raises
-`CommitConflictError`. Only after its commit does a writer remove the data of the commits
-it superseded, never an attempt that no commit names (another writer's, in progress),
-unless it is older than `ABANDONED_AFTER`. This holds on a local path and on object
+`CommitConflictError`. Only after its commit does a writer remove data: that of commits
+superseded more than `SUPERSEDED_GRACE` ago (a reader of the previous version can
+finish), never an attempt that no commit names (another writer's, in progress) unless it
+is older than `ABANDONED_AFTER`. This holds on a local path and on object
 stores (no rename needed). Every shard belongs to one array of one attempt: one writer
 owns it, so zarr's read-modify-write of shards can never race.
 
@@ -68,6 +69,11 @@ from .provenance import StageRecord
 from .scene_view import SceneView, current_commits
 from .spec import ARRAYS, STAGES, infer_dims, required_arrays
 
+SUPERSEDED_GRACE = timedelta(hours=1)
+"""A superseded commit's data stays this long after the commit that replaced it: a reader
+(a feature run reading the teacher's views) that opened it just before can finish, and the
+stage's inputs check then refuses its stale result. A later commit of the stage removes
+it."""
 ABANDONED_AFTER = timedelta(hours=24)
 """An attempt no commit names and older than this was left by a killed writer: no live
 writer takes this long between starting an attempt and committing it."""
@@ -329,25 +335,45 @@ class Store:
         except Exception:  # noqa: BLE001 - a failed cleanup leaves an orphan, no harm
             pass
 
+    def commit_records(self, scene_id: str, stage: str, head: CommitRecord,
+                       ) -> dict[int, CommitRecord]:
+        """Sequence -> record of the stage's commits up to `head` that can be read (an
+        unreadable old record names nothing that can be proved)."""
+        records = {head.sequence: head}
+        for sequence in self.sequences(scene_id).get(stage, []):
+            if sequence < head.sequence:
+                try:
+                    records[sequence] = self.read_commit(scene_id, stage, sequence)
+                except StoreError:
+                    continue
+        return records
+
     def remove_superseded(self, scene_id: str, stage: str, head: CommitRecord) -> list[str]:
-        """Delete the data of the stage's commits older than `head`, and attempts and
-        temporary files no commit names that are older than ABANDONED_AFTER; never what
-        another writer may still be writing. Returns what was removed."""
+        """Delete the data of the stage's commits that were superseded more than
+        SUPERSEDED_GRACE ago (readers that opened them just before have that long to
+        finish), and attempts and temporary files no commit names that are older than
+        ABANDONED_AFTER; never what another writer may still be writing. Returns what was
+        removed."""
+        removed = []
+        commits = f"commits/{scene_id}/{stage}"
+        for name in self.location.children(commits):  # a commit killed mid-write
+            if is_temp_name(name) and _abandoned(name):
+                self.location.delete(f"{commits}/{name}")
+                removed.append(f"{commits}/{name}")
         folder = f"scenes/{scene_id}/{stage}"
         others = [a for a in self.location.children(folder) if a not in (head.attempt,
                                                                          "zarr.json")]
         if not others:
-            return []
-        named = set()
-        for sequence in self.sequences(scene_id).get(stage, []):
-            if sequence < head.sequence:
-                try:
-                    named.add(self.read_commit(scene_id, stage, sequence).attempt)
-                except StoreError:
-                    continue  # an unreadable old record names nothing we can prove
-        removed = []
+            return removed
+        records = self.commit_records(scene_id, stage, head)
+        now, superseded = datetime.now(UTC), set()
+        for sequence, record in records.items():
+            after = records.get(sequence + 1)
+            if after is not None and now - after.committed_at > SUPERSEDED_GRACE:
+                superseded.add(record.attempt)
+        named = {record.attempt for record in records.values()}
         for name in others:
-            if name in named or _abandoned(name):
+            if name in superseded or (name not in named and _abandoned(name)):
                 keys = [f"{folder}/{name}"]
                 if not is_temp_name(name):
                     keys.append(f"manifest/{scene_id}/{stage}/{name}.parquet")

@@ -21,6 +21,7 @@ import numpy as np
 from distillprep.scenes.errors import InvalidSceneIdError
 from distillprep.scenes.ids import validate_scene_id
 
+from .attrs import CommitRecord
 from .backend import is_temp_name
 from .errors import NotAStoreError, StoreError
 from .layout import chunk_layout
@@ -155,7 +156,7 @@ class _Checker:
             if not self.store.location.exists(f"{prefix}/zarr.json"):
                 self.error("missing-data", f"stage {stage}: commit {record.sequence} points "
                            f"to {prefix}, which does not exist", scene=scene_id)
-            self.orphans(scene_id, stage, record.attempt)
+            self.orphans(scene_id, stage, record)
         try:
             attrs = view.attrs
         except StoreError as exc:
@@ -219,12 +220,14 @@ class _Checker:
             for name in sorted(set(opened) & set(record.arrays)):
                 self.deep_array(scene_id, opened[name], name, record, prefix)
 
-    def orphans(self, scene_id: str, stage: str, head_attempt: str) -> None:
+    def orphans(self, scene_id: str, stage: str, head: CommitRecord) -> None:
+        # a superseded commit's attempt stays a while for its readers (SUPERSEDED_GRACE)
+        named = {r.attempt for r in self.store.commit_records(scene_id, stage, head).values()}
         for attempt in self.store.location.children(f"scenes/{scene_id}/{stage}"):
             if is_temp_name(attempt):
                 self.warn("temp-file", f"scenes/{scene_id}/{stage}/{attempt} is a temporary "
                           "file left by an interrupted write", scene=scene_id)
-            elif attempt not in (head_attempt, "zarr.json"):
+            elif attempt not in named and attempt != "zarr.json":
                 self.warn("orphan-attempt", f"scenes/{scene_id}/{stage}/{attempt} is not the "
                           "committed attempt (a superseded commit's or an interrupted write's; "
                           "another writer's while one runs)", scene=scene_id)

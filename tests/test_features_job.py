@@ -208,3 +208,31 @@ def test_kept_batches_of_other_images_are_never_reused(store_with_views, extract
     np.testing.assert_allclose(view["dino_features"][:8].astype(np.float32), expected,
                                rtol=2e-3, atol=2e-3 * np.abs(expected).max())
     assert validate_store(store.location.location, deep=True).ok
+
+
+def test_a_teacher_committed_during_a_feature_run_is_a_clear_retryable_refusal(
+        store_with_views, extractor, capsys):
+    """The virtual views change under a running feature extraction: nothing stale is
+    committed, the run says why (no KeyError), and running it again does the work."""
+    from distillprep.storage_schemas.errors import InputsChangedError
+    from distillprep.teachers.foundation.job import extract_scene_features, fit_feature_basis
+
+    store = store_with_views
+    basis = fit_feature_basis(store, extractor, CONFIG)
+    n = store.scene_attrs("scene-0001").num_samples
+    rendered = []
+
+    def render_meanwhile(images):
+        if not rendered:  # another process renders the teacher again now
+            rendered.append(write_teacher_stage(store, "scene-0001",
+                                                teacher_arrays(n, 2, size=(54, 96), seed=5)))
+
+    with pytest.raises(InputsChangedError, match="replaced while it ran") as info:
+        extract_scene_features(store, "scene-0001", extractor, CONFIG, basis,
+                               progress=render_meanwhile)
+    assert info.value.retryable
+    assert store.scene("scene-0001").provenance("dino_features") is None
+    again = extract_scene_features(store, "scene-0001", extractor, CONFIG, basis)
+    assert again.status == "written"
+    assert store.scene("scene-0001")["dino_virtual_features"].shape[0] == 2
+    assert validate_store(store.location.location, deep=True).ok

@@ -153,6 +153,11 @@ def test_killed_first_write_leaves_scene_absent_and_rerun_completes(small_datase
            IngestConfig("nuscenes", reread.version), force=True)
     final = validate_store(store, deep=True)
     assert final.ok and not final.findings, format_report(final)
+    # the killed writer's attempt is gone; the superseded commit's stays for its readers
+    assert np.all([len(_attempts(store, s)) == 2 for s in ("scene-0001", "scene-0002")])
+    monkeypatch.setattr(store_module, "SUPERSEDED_GRACE", timedelta(0))
+    ingest(create_store(store, "nuscenes", reread.version), reread.scenes,
+           IngestConfig("nuscenes", reread.version), force=True)
     assert np.all([len(_attempts(store, s)) == 1 for s in ("scene-0001", "scene-0002")])
 
 

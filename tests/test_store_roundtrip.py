@@ -1,6 +1,8 @@
 """What is written is read back bit-identically; commits replace cleanly; ingest is
 resumable; opening is read-only by default."""
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +21,7 @@ from store_helpers import (
 
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.projection import sparse_depth_map
+from distillprep.storage_schemas import store as store_module
 from distillprep.storage_schemas.errors import SceneIncompleteError, SchemaViolationError
 from distillprep.storage_schemas.ingest import IngestConfig, ingest
 from distillprep.storage_schemas.reader import SceneReader, iter_samples, read_sample
@@ -137,7 +140,8 @@ def test_manifest_rows_and_iteration_order(small_store):
     assert not any(table.column("has_teacher_depth").to_pylist())
 
 
-def test_ingest_is_resumable_and_force_replaces_cleanly(small_dataset, tmp_path):
+def test_ingest_is_resumable_and_force_replaces_cleanly(small_dataset, tmp_path,
+                                                        monkeypatch):
     read = read_nuscenes(small_dataset)
     config = IngestConfig("nuscenes", read.version)
     store = create_store(tmp_path / "s.zarr", "nuscenes", read.version)
@@ -151,10 +155,16 @@ def test_ingest_is_resumable_and_force_replaces_cleanly(small_dataset, tmp_path)
     after = store.head("scene-0001", "ingest")
     assert after.attempt != before.attempt and after.sequence == before.sequence + 1
     assert after.content_sha256 == before.content_sha256  # the same data again
+    # the superseded version stays for its readers until SUPERSEDED_GRACE has passed
     assert store.location.children("scenes/scene-0001/ingest") == sorted(
-        [after.attempt, "zarr.json"])
+        [before.attempt, after.attempt, "zarr.json"])
+    monkeypatch.setattr(store_module, "SUPERSEDED_GRACE", timedelta(0))
+    forced = ingest(store, read.scenes[:1], config, force=True)
+    last = store.head("scene-0001", "ingest")
+    assert store.location.children("scenes/scene-0001/ingest") == sorted(
+        [last.attempt, "zarr.json"])
     assert store.location.children("manifest/scene-0001/ingest") == [
-        f"{after.attempt}.parquet"]
+        f"{last.attempt}.parquet"]
     # another config (with the sweeps) is not the scene that is there: it is written
     with_sweeps = ingest(store, read_nuscenes(small_dataset, sweeps=True).scenes[:1],
                          IngestConfig("nuscenes", read.version, sweeps=True))

@@ -2,6 +2,8 @@
 from replaced inputs is stale and hidden; two commits of one stage from the same state:
 one wins, the other is told; and the validator's rules for stage arrays."""
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
 from store_helpers import (
@@ -17,9 +19,11 @@ from store_helpers import (
     write_teacher_stage,
 )
 
+from distillprep.storage_schemas import store as store_module
 from distillprep.storage_schemas.errors import (
     CommitConflictError,
     InputsChangedError,
+    ReplacedWhileReadingError,
     SceneIncompleteError,
     SchemaViolationError,
 )
@@ -38,7 +42,7 @@ def _files(root, prefix):
 
 
 @pytest.mark.parametrize("views", [0, 5])
-def test_a_stage_commit_writes_only_its_own_arrays(store_copy, views):
+def test_a_stage_commit_writes_only_its_own_arrays(store_copy, views, monkeypatch):
     store, scene_id = _first_scene(store_copy)
     view = store.scene(scene_id)
     ingest_files = _files(store_copy, f"scenes/{scene_id}/ingest")
@@ -64,12 +68,18 @@ def test_a_stage_commit_writes_only_its_own_arrays(store_copy, views):
     assert all(manifest.column("has_rgb_jpeg").to_pylist())
     report = validate_store(store_copy, deep=True)
     assert report.ok, [str(f) for f in report.errors]
-    # a second render replaces the stage: its old arrays do not linger
+    # a second render replaces the stage; the old version stays for the grace period (a
+    # reader that opened it can finish) and a later commit removes it after that
     first = view.commits["teacher"].attempt
     write_teacher_stage(store, scene_id, teacher_arrays(n, 2, seed=1))
     view = store.scene(scene_id)
     assert view["virtual_rgb"].shape[0] == 2 and view.commits["teacher"].sequence == 2
-    assert not (store_copy / "scenes" / scene_id / "teacher" / first).exists()
+    assert (store_copy / "scenes" / scene_id / "teacher" / first).exists()
+    assert validate_store(store_copy, deep=True).ok
+    monkeypatch.setattr(store_module, "SUPERSEDED_GRACE", timedelta(0))
+    write_teacher_stage(store, scene_id, teacher_arrays(n, 1, seed=2))
+    left = sorted(p.name for p in (store_copy / "scenes" / scene_id / "teacher").iterdir())
+    assert left == sorted(["zarr.json", store.scene(scene_id).commits["teacher"].attempt])
     assert validate_store(store_copy, deep=True).ok
 
 
@@ -173,3 +183,24 @@ def test_infer_dims_reports_conflicts_in_schema_order_whatever_the_input_order()
     assert forward[0] == {"N": 18, "J": 100, "H": 9, "W": 16, "Ht": 9, "Wt": 16}
     assert forward[1] == [("teacher_depth", "array teacher_depth: N = 19, but array "
                                             "rgb_jpeg has N = 18")]
+
+
+def test_a_reader_of_a_version_removed_under_it_is_told(tmp_path, monkeypatch):
+    """Missing chunks read as zeros in zarr: a reader whose version was replaced and
+    removed while it read gets a retryable error, never those zeros."""
+    monkeypatch.setattr(store_module, "SUPERSEDED_GRACE", timedelta(0))
+    store = create_store(tmp_path / "s.zarr", "synthetic", "v0")
+    write_scene(store, "s")
+    arrays = teacher_arrays(4, 2)
+    arrays["teacher_opacity"][:] = 0  # a genuine all-zero array reads as it is
+    write_teacher_stage(store, "s", arrays)
+    old = store.scene("s")
+    np.testing.assert_array_equal(old["teacher_opacity"][...], arrays["teacher_opacity"])
+    depth = old["teacher_depth"]
+    write_teacher_stage(store, "s", teacher_arrays(4, 2, seed=1))
+    write_teacher_stage(store, "s", teacher_arrays(4, 2, seed=2))  # removes the first
+    with pytest.raises(ReplacedWhileReadingError, match="replaced by commit 3") as info:
+        depth[...]
+    assert info.value.retryable
+    with pytest.raises(ReplacedWhileReadingError):
+        old["virtual_rgb"]

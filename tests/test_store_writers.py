@@ -28,7 +28,7 @@ def _contents(location, options=None):
             for s in iter_samples(open_store(location, storage_options=options))}
 
 
-@pytest.mark.parametrize("backend, rounds", [("local", 4), ("s3", 2)])
+@pytest.mark.parametrize("backend, rounds", [("local", 6), ("s3", 3)])
 def test_two_forced_ingests_of_one_scene_never_lose_it(backend, rounds, small_dataset,
                                                        small_store, tmp_path, s3):
     if backend == "local":
