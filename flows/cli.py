@@ -18,6 +18,7 @@ from distillprep.scenes.errors import EXIT_BUG, DistillprepError
 from . import (
     commands_export,
     commands_features,
+    commands_prepare,
     commands_scenes,
     commands_store,
     commands_teacher,
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data preparation and teacher distillation for DistillNeRF-style models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (commands_scenes.COMMANDS + commands_store.COMMANDS
-                + commands_teacher.COMMANDS + commands_features.COMMANDS):
+                + commands_teacher.COMMANDS + commands_features.COMMANDS
+                + commands_prepare.COMMANDS):
         add(sub)
     commands_export.register(sub)
     return parser

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .errors import ConfigError
-from .nuscenes import NuScenesRead, read_nuscenes
+from .nuscenes import NuScenesRead, list_nuscenes, read_nuscenes
 
 READERS: dict[str, Callable[..., NuScenesRead]] = {"nuscenes": read_nuscenes}
+LISTERS: dict[str, Callable[..., tuple[str, list[str]]]] = {"nuscenes": list_nuscenes}
+"""Per reader: (dataroot, version) -> (version, scene ids), cheaply (no scene is read)."""
 
 
 def read_dataset(dataset: str, dataroot: str, **options) -> NuScenesRead:
@@ -15,3 +17,11 @@ def read_dataset(dataset: str, dataroot: str, **options) -> NuScenesRead:
     if dataset not in READERS:
         raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(READERS))}")
     return READERS[dataset](dataroot, **options)
+
+
+def list_scenes(dataset: str, dataroot: str, version: str | None = None,
+                ) -> tuple[str, list[str]]:
+    """The dataset's version and scene ids, without reading any scene."""
+    if dataset not in LISTERS:
+        raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(LISTERS))}")
+    return LISTERS[dataset](dataroot, version)

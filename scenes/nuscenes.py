@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -71,6 +72,9 @@ def detect_version(dataroot: str | Path) -> str:
     return found[0]
 
 
+_DEVKIT_LOCK = threading.Lock()
+
+
 def open_devkit(dataroot: str | Path, version: str):
     """nuscenes.NuScenes for dataroot/version, quietly; table problems become errors that
     name the table file."""
@@ -84,7 +88,9 @@ def open_devkit(dataroot: str | Path, version: str):
     if not (root / version / "scene.json").is_file():
         raise DatasetNotFoundError(f"no nuScenes tables at {root / version}")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # sys.stdout is process-wide: two threads redirecting it at once would leave it
+        # pointing at one's buffer, so loads (a flow ingests scenes in threads) take turns
+        with _DEVKIT_LOCK, contextlib.redirect_stdout(io.StringIO()):
             return NuScenes(version=version, dataroot=str(root), verbose=False)
     except Exception as exc:  # the devkit raises bare KeyErrors and assertions
         _diagnose_tables(root / version)
@@ -104,6 +110,26 @@ def _diagnose_tables(table_dir: Path) -> None:
         if not isinstance(records, list) or not all(
                 isinstance(r, dict) and "token" in r for r in records):
             raise SceneDataError(None, path, "expected a list of records that each have a token")
+
+
+def list_nuscenes(dataroot: str | Path, version: str | None = None) -> tuple[str, list[str]]:
+    """The version and the scene names of a nuScenes dataroot, in table order, from its
+    scene table alone (cheap: no devkit, no other table); a name listed twice is listed
+    once (reading it refuses it, naming both scenes)."""
+    root = Path(dataroot).resolve()
+    version = version or detect_version(root)
+    path = root / version / "scene.json"
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"no nuScenes tables at {root / version}") from None
+    except (OSError, ValueError) as exc:
+        raise SceneDataError(None, path, f"cannot read the scene table: {exc}") from None
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) for r in records):
+        raise SceneDataError(None, path, "expected a list of scene records that each have a "
+                             "name")
+    return version, list(dict.fromkeys(r["name"] for r in records))
 
 
 def read_nuscenes(dataroot: str | Path, version: str | None = None,

@@ -216,6 +216,21 @@ def source_id(scene: Scene) -> str:
     return f"{scene.dataset}:{scene.metadata.get('scene_token', scene.scene_id)}"
 
 
+def ingest_committed(store: Store, scene_id: str, config: IngestConfig,
+                     dataroot: str | Path) -> CommitRecord | None:
+    """The scene's ingest commit when it was read from `dataroot` with this config and
+    code version (nothing to ingest again), else None; needs no dataset read."""
+    head = store.head(scene_id, "ingest")
+    if head is None:
+        return None
+    record = head.provenance
+    same_root = Path(record.dataroot).resolve() == Path(dataroot).resolve()
+    if (same_root and record.config_hash == config_hash(asdict(config))
+            and record.code_version == CODE_VERSION):
+        return head
+    return None
+
+
 def ingest_scene(store: Store, scene: Scene, config: IngestConfig, force: bool = False,
                  replace_outputs: bool = False) -> IngestResult:
     """Write one scene's ingest stage and commit it; a scene already committed with the

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,13 @@ import pytest
 from distillprep.scenes.synthetic.generate import SynthConfig, generate
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect (flows) in tests: a fresh home of the test session, never the user's, and its
+# local ephemeral API; set before anything imports prefect (it reads them at import).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="distillprep-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+# Prefect's local API logs its own shutdown at exit, after pytest closed its captures
+logging.raiseExceptions = False
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,13 +22,14 @@ from distillprep.scenes.io import file_sha256
 from distillprep.storage_schemas.attrs import CommitRecord, config_hash
 from distillprep.storage_schemas.partials import Pieces, drop_pieces, partial_prefix
 from distillprep.storage_schemas.provenance import TeacherProvenance, VirtualViewCounts
+from distillprep.storage_schemas.scene_view import SceneView
 from distillprep.storage_schemas.store import Store, package_version
 from distillprep.storage_schemas.stored_scene import load_scene
 
 from ..errors import TeacherConfigError, TeacherDivergedError
 from .checkpoint import check_matches, load_checkpoint, save_checkpoint
 from .config import FitConfig
-from .config_io import to_dict
+from .config_io import identity_hash, to_dict
 from .fit import TrainingRays, resume_state, start_fit, train
 from .outputs import RenderConfig, render_outputs
 from .rays import check_scene_for_fit, holdout_frames
@@ -113,6 +114,43 @@ class RenderResult:
     wall_time_s: float
 
 
+def _fit_source(config: TeacherFitJob) -> dict[str, Any]:
+    """What a fit was asked for beyond its FitConfig (the checkpoint keeps it)."""
+    return {"keyframes_only": config.keyframes_only, "holdout": config.holdout}
+
+
+def _run_config(fit: FitConfig, steps: int | None) -> FitConfig:
+    """The config a fit runs (and its checkpoint records): `steps` (None: the config's)
+    and losses logged at least every 10 steps."""
+    return dataclasses.replace(fit, steps=fit.steps if steps is None else steps,
+                               log_every=min(fit.log_every, 10))
+
+
+def teacher_request(fit: TeacherFitJob, render: TeacherRenderJob) -> dict[str, Any]:
+    """What the teacher commit of these two jobs records in its provenance config (all
+    of it but the checkpoint's hash, which exists only once fitted)."""
+    return {"fit": to_dict(_run_config(fit.fit or FitConfig(), fit.steps)),
+            "fit_source": _fit_source(fit), "render": to_dict(render.render),
+            "samples": render.samples}
+
+
+def teacher_done(view: SceneView, fit: TeacherFitJob, render: TeacherRenderJob) -> bool:
+    """Whether the scene's current (not stale) teacher commit came from these jobs and
+    this code: then neither the fit nor the render has anything to do."""
+    record = view.provenance("teacher")
+    if record is None or record.code_version != CODE_VERSION:
+        return False
+    return all(record.config.get(k) == v for k, v in teacher_request(fit, render).items())
+
+
+def checkpoint_name(view: SceneView, fit: TeacherFitJob) -> str:
+    """`<scene>/<key>.pt`: a checkpoint path keyed to the fit's config and the scene's
+    content, so that a changed config or re-ingested scene starts a new fit."""
+    request = {"fit": identity_hash(fit.fit or FitConfig()),  # a longer fit resumes it
+               "fit_source": _fit_source(fit), "scene": view.fingerprint}
+    return f"{view.scene_id}/{config_hash(request)[:16]}.pt"
+
+
 def _fit_frames(scene, config: TeacherFitJob) -> list[int]:
     train_frames = (holdout_frames(scene, config.holdout)[0] if config.holdout
                     else [f.index for f in scene.frames])
@@ -134,7 +172,7 @@ def fit_teacher(store: Store, scene_id: str, checkpoint: str | Path,
     scene = load_scene(store, scene_id, view)
     check_scene_for_fit(scene)
     # what the fit was asked for; the scene itself is named by id and content fingerprint
-    source = {"keyframes_only": config.keyframes_only, "holdout": config.holdout}
+    source = _fit_source(config)
     if checkpoint.exists():
         saved = load_checkpoint(checkpoint, config.device)
         check_matches(saved, scene_id, view.fingerprint, config.fit)
@@ -148,9 +186,8 @@ def fit_teacher(store: Store, scene_id: str, checkpoint: str | Path,
         fit_config = config.fit or FitConfig()
         frames, status = _fit_frames(scene, config), "fitted"
         state = None
-    steps = config.steps if config.steps is not None else fit_config.steps
-    fit_config = dataclasses.replace(fit_config, steps=steps,
-                                     log_every=min(fit_config.log_every, 10))
+    fit_config = _run_config(fit_config, config.steps)
+    steps = fit_config.steps
     if state is not None and state.step >= steps:
         return _fit_result(scene_id, checkpoint, "done", state, 0, frames)
     if state is None:
@@ -205,8 +242,9 @@ def render_teacher(store: Store, scene_id: str, checkpoint: str | Path,
     view = store.scene(scene_id)
     saved = load_checkpoint(checkpoint, config.device)
     check_matches(saved, scene_id, view.fingerprint, config.fit)
-    settings = {"fit": to_dict(saved.teacher.config), "render": to_dict(config.render),
-                "samples": config.samples, "checkpoint_sha256": file_sha256(checkpoint)}
+    settings = {"fit": to_dict(saved.teacher.config), "fit_source": dict(saved.source),
+                "render": to_dict(config.render), "samples": config.samples,
+                "checkpoint_sha256": file_sha256(checkpoint)}
     identity = config_hash(settings)
     current = view.provenance("teacher")
     if (current is not None and current.config_hash == identity
