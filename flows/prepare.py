@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -61,14 +62,17 @@ def _attempt() -> int:
     return context.task_run.run_count if context else 1
 
 
-def _run(name: str, step: Callable[..., steps.StepResult], target: steps.Target, *args,
-         scene_id: str = "*", device: bool = False, **kwargs):
+def _run(name: str, step: Callable[..., steps.StepResult], target: steps.Target,
+         config: PrepareConfig, *args, scene_id: str = "*", device: bool = False,
+         **kwargs):
     """Run a step (holding a device slot if `device`); its error carries the attempt."""
     if device:  # taken only around real work: a step the store has done takes none
         kwargs["slot"] = slots.slot(target.slots)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     try:
         failpoints.hit(name, scene_id, target.work_dir)
-        return step(target, *args, **kwargs)
+        return step(target, config, *args, **kwargs)
     except Exception as exc:
         exc.attempts = _attempt()
         raise
@@ -105,8 +109,8 @@ def features_task(target, config, model, scene_id):
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_task(target, scene_id):
-    return _run("validate", steps.validate_step, target, scene_id, scene_id=scene_id)
+def validate_task(target, config, scene_id):
+    return _run("validate", steps.validate_step, target, config, scene_id, scene_id=scene_id)
 
 
 DEVICE_TASKS = {"teacher-fit", "teacher-render", "feature-basis", "features"}
@@ -211,7 +215,7 @@ def prepare_dataset(dataroot: str, store: str, dataset: str = "nuscenes",
         if not run_errors:
             for s in ready:
                 chains[s].append(("validate", _submit(
-                    validate_task, config, target, s, wait_for=[f for _, f in chains[s]],
+                    validate_task, config, target, config, s, wait_for=[f for _, f in chains[s]],
                     run_name=f"validate-{s}")))
         _collect([f for chain in chains.values() for _, f in chain])
         for s, chain in chains.items():

@@ -70,6 +70,9 @@ class PrepareConfig:
     """Feature models, each a stage of its family (at most one per family)."""
     device: str = "cpu"
     """Torch device of teacher fits, renders and feature extraction."""
+    threads: int | None = None
+    """Torch CPU threads of each step (None: torch's default; Dask's workers get 1 from
+    OMP_NUM_THREADS). Float sums depend on it: equal values give bit-equal stores."""
     device_slots: int = 1
     """Teacher fits and feature extractions running at once, store-wide (one per device:
     a Prefect global concurrency limit)."""

@@ -253,7 +253,7 @@ def features_step(target: Target, config: PrepareConfig, model: FeatureModel,
                       time.perf_counter() - start, {"images": result.images})
 
 
-def validate_step(target: Target, scene_id: str) -> StepResult:
+def validate_step(target: Target, config: PrepareConfig, scene_id: str) -> StepResult:
     """Check the prepared scene against the schema; SceneInvalidError lists the errors."""
     from distillprep.storage_schemas.validate import validate_scene
 

@@ -117,3 +117,14 @@ def s3():
         Bucket="distillprep-test")
     yield options
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prepared(small_dataset, tmp_path_factory):
+    """The small dataset prepared once by `distillprep prepare` (threads, the tiny config
+    tests/data/prepare_tiny.yaml): (folder, exit code, summary); read-only: copy it."""
+    from test_prepare import prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    code, summary = prepare(small_dataset, root / "store.zarr")
+    return root, code, summary

@@ -12,8 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from distillprep.flows.cli import main
 from distillprep.flows.failpoints import ENV as FAILPOINTS
 from distillprep.storage_schemas.quarantine import quarantined, read_quarantine
@@ -28,9 +26,9 @@ STAGES = {"ingest", "teacher", "dino_features", "clip_features"}
 def prepare(dataroot: Path, store: Path, *extra: str) -> tuple[int, dict]:
     """Run `distillprep prepare ... --json` in this process: (exit code, summary)."""
     out = io.StringIO()
+    config = [] if "--config" in extra else ["--config", str(CONFIG)]
     with contextlib.redirect_stdout(out):
-        code = main(["prepare", str(dataroot), "--out", str(store), "--config", str(CONFIG),
-                     "--json", *extra])
+        code = main(["prepare", str(dataroot), "--out", str(store), *config, "--json", *extra])
     return code, json.loads(out.getvalue()) if out.getvalue().strip() else {}
 
 
@@ -40,14 +38,6 @@ def steps_of(summary: dict, scene: str) -> dict[str, dict]:
 
 def statuses(summary: dict) -> dict[str, str]:
     return {s["scene_id"]: s["status"] for s in summary["scenes"]}
-
-
-@pytest.fixture(scope="module")
-def prepared(small_dataset, tmp_path_factory):
-    """The small dataset prepared once (read-only for tests: copy it to change it)."""
-    root = tmp_path_factory.mktemp("prepared")
-    code, summary = prepare(small_dataset, root / "store.zarr")
-    return root, code, summary
 
 
 def _copy(prepared, tmp_path) -> Path:
