@@ -8,9 +8,7 @@ STAMP := $(VENV)/.installed
 NUSCENES_DEVKIT := nuscenes-devkit==1.2.0
 DEMO_OUT ?= demo_out
 # a short teacher: enough to see the scene in its depth and virtual views, not a good fit
-DEMO_TEACHER_STEPS ?= 200
-# feature models see the demo's images at this width (their defaults, ~640 px, are slow here)
-DEMO_FEATURE_WIDTH ?= 224
+DEMO_TEACHER_STEPS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: venv demo test test-slow bench lint clean
@@ -32,22 +30,14 @@ demo: $(STAMP)
 	$(BIN)/distillprep scenes $(DEMO_OUT)/nuscenes --dataset nuscenes --sweeps
 	$(BIN)/distillprep preview $(DEMO_OUT)/nuscenes --dataset nuscenes --scene scene-0001 \
 		--frame 0 --out $(DEMO_OUT)/preview_scene-0001_frame0.png
-	$(BIN)/distillprep ingest $(DEMO_OUT)/nuscenes --dataset nuscenes --sweeps \
-		--out $(DEMO_OUT)/store.zarr --force
-	@echo "demo: the dataset is read once, by ingest: every later stage runs from the store alone"
+	@echo "demo: the whole preparation as one Prefect flow (local API, no server to start);"
+	@echo "demo: its DINOv2 and CLIP features use RANDOM weights (no pretrained weights here)"
+	rm -rf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/store.zarr.work
+	$(BIN)/distillprep prepare $(DEMO_OUT)/nuscenes --dataset nuscenes \
+		--out $(DEMO_OUT)/store.zarr --config configs/demo.yaml --random-init-features \
+		--teacher-steps $(DEMO_TEACHER_STEPS)
+	@echo "demo: the dataset is read once, by ingest: everything below runs from the store alone"
 	rm -rf $(DEMO_OUT)/nuscenes
-	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
-	rm -f $(DEMO_OUT)/teacher_scene-0001.pt
-	$(BIN)/distillprep teacher fit $(DEMO_OUT)/store.zarr --scene scene-0001 \
-		--out $(DEMO_OUT)/teacher_scene-0001.pt --steps $(DEMO_TEACHER_STEPS) --holdout 1
-	$(BIN)/distillprep teacher render $(DEMO_OUT)/store.zarr \
-		--checkpoint $(DEMO_OUT)/teacher_scene-0001.pt --scale 0.5
-	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
-	@echo "demo: the DINOv2 and CLIP features below use RANDOM weights (no pretrained weights here)"
-	$(BIN)/distillprep features $(DEMO_OUT)/store.zarr --model dinov2-vitb14 --random-init \
-		--pca 16 --input-width $(DEMO_FEATURE_WIDTH) --force
-	$(BIN)/distillprep features $(DEMO_OUT)/store.zarr --model clip-vitb16 --random-init \
-		--pca 16 --input-width $(DEMO_FEATURE_WIDTH) --force
 	$(BIN)/distillprep validate $(DEMO_OUT)/store.zarr --deep
 	$(BIN)/distillprep query $(DEMO_OUT)/store.zarr --text "a car" --scene scene-0001 \
 		--png $(DEMO_OUT)/query_a_car --max-images 2

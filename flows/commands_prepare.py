@@ -116,7 +116,11 @@ def _run_flow(runner, parameters: dict, quiet: bool):
     from .prepare import prepare_dataset, set_progress
 
     bar = tqdm(unit="step", desc="prepare", disable=quiet, file=sys.stderr)
-    set_progress(lambda result: bar.update(1))
+    def progress(result, expected: int) -> None:
+        bar.total = expected
+        bar.update(1)
+
+    set_progress(progress)
     try:
         state = prepare_dataset.with_options(task_runner=runner)(**parameters,
                                                                  return_state=True)

@@ -33,12 +33,15 @@ from distillprep.flows import failpoints, slots, steps
 from distillprep.flows.prepare_config import PrepareConfig, load_prepare_config, with_overrides
 from distillprep.flows.summary import Outcome, SceneReport, publish, summarize
 
-_progress: Callable[[steps.StepResult | None], None] | None = None
+Progress = Callable[[steps.StepResult | None, int], None]
+"""Called with a finished step (None for a failed one) and the steps the run expects."""
+_progress: Progress | None = None
+_expected = [0]
 
 
-def set_progress(callback: Callable[[steps.StepResult | None], None] | None) -> None:
-    """Called in the flow's process with each finished step (None for a failed one): the
-    CLI's progress bar. Not a flow parameter, so deployments stay serialisable."""
+def set_progress(callback: Progress | None) -> None:
+    """Called in the flow's process as steps finish: the CLI's progress bar. Not a flow
+    parameter, so deployments stay serialisable."""
     global _progress
     _progress = callback
 
@@ -143,7 +146,7 @@ def _collect(futures: list[PrefectFuture]) -> None:
     for future in as_completed(futures):
         if _progress is not None:
             kind, value = _outcome(future)
-            _progress(value if kind == "ok" else None)
+            _progress(value if kind == "ok" else None, _expected[0])
 
 
 def _settle(report: SceneReport, chain: list[tuple[str, PrefectFuture]]) -> None:
@@ -182,6 +185,7 @@ def prepare_dataset(dataroot: str, store: str, dataset: str = "nuscenes",
     reports = _quarantine_gate(target, scene_ids, retry_quarantined, logger)
     active = [s for s in scene_ids if not reports[s].quarantined]
     logger.info(f"{len(scene_ids)} scene(s), {len(active)} to prepare, store {store}")
+    _expected[0] = len(active) * (4 + len(config.features)) + len(config.features)
 
     chains = {}
     for s in active:
@@ -231,7 +235,7 @@ def _quarantine_gate(target: steps.Target, scene_ids: list[str], retry: bool, lo
     from distillprep.storage_schemas.quarantine import quarantined
 
     store = target.open()
-    held = quarantined(store) if store.location.exists("quarantine") else {}
+    held = quarantined(store)
     reports = {}
     for s in scene_ids:
         reports[s] = SceneReport(s)

@@ -15,8 +15,6 @@ config. Omitted fields keep their defaults; unknown ones are refused naming the 
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from distillprep.scenes.errors import ConfigError
 from distillprep.teachers.foundation.extract import FeatureConfig
 from distillprep.teachers.foundation.models import model_spec
 from distillprep.teachers.nerf.config import FitConfig
-from distillprep.teachers.nerf.config_io import from_dict
+from distillprep.teachers.nerf.config_io import from_dict, read_config_data
 from distillprep.teachers.nerf.job import TeacherFitJob, TeacherRenderJob
 
 DEFAULT_MODELS = ("dinov2-vitb14", "clip-vitb16")
@@ -130,23 +128,7 @@ def parse_prepare_config(data: Any, where: str = "prepare config") -> PrepareCon
 
 def load_prepare_config(path: str | Path) -> PrepareConfig:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file into a PrepareConfig."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        elif path.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - each parser raises its own error types
-        raise ConfigError(f"config file {path}: not valid {path.suffix[1:] or 'JSON'}: "
-                          f"{exc}") from None
+    data = read_config_data(path)
     return parse_prepare_config(data if data is not None else {}, f"config file {path}")
 
 

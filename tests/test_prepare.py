@@ -12,6 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from distillprep.flows.cli import main
 from distillprep.flows.failpoints import ENV as FAILPOINTS
 from distillprep.storage_schemas.quarantine import quarantined, read_quarantine
@@ -154,3 +156,39 @@ def test_transient_errors_are_retried_and_permanent_ones_are_not(prepared, small
     assert statuses(summary) == {"scene-0001": "quarantined", "scene-0002": "skipped"}
     record = read_quarantine(open_store(store), "scene-0001")
     assert record.retryable and record.kind == "transient" and record.attempts == 2
+
+
+def test_the_config_file_is_parsed_strictly(tmp_path):
+    from distillprep.flows.prepare_config import load_prepare_config
+    from distillprep.scenes.errors import ConfigError
+
+    toml = tmp_path / "prepare.toml"
+    toml.write_text('device_slots = 2\n[teacher]\nsteps = 7\n[teacher.fit]\npixel_stride = 3\n'
+                    '[[features]]\nmodel = "clip-vitb16"\nchannels = 8\nweights = "/w/c.pth"\n')
+    config = load_prepare_config(toml)
+    assert config.device_slots == 2 and config.teacher.steps == 7
+    assert config.teacher.fit.pixel_stride == 3 and config.teacher.fit.steps == 2000
+    (model,) = config.features
+    assert (model.config.model, model.config.channels, model.weights) == (
+        "clip-vitb16", 8, "/w/c.pth")
+    for text, named in [("teacher: {stpes: 3}", "stpes"),
+                        ("features: [{model: dinov2-vits14}, {model: dinov2-vitb14}]",
+                         "one model per family"),
+                        ("features: [{channels: 3}]", "names no model"),
+                        ("device_slots: 0", "device_slots"),
+                        ("teacher: [1, 2", "not valid yaml")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=named):
+            load_prepare_config(bad)
+
+
+def test_feature_weights_that_cannot_be_found_are_refused_before_anything_runs(
+        small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DISTILLPREP_WEIGHTS_DIR", raising=False)
+    code = main(["prepare", str(small_dataset), "--out", str(tmp_path / "store.zarr")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "dinov2-vitb14" in error and "--random-init-features" in error
+    assert "weights:" in error and "DISTILLPREP_WEIGHTS_DIR" in error
+    assert not (tmp_path / "store.zarr").exists()

@@ -80,19 +80,28 @@ def _value(kind: Any, raw: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {raw!r}")
 
 
-def load_config_file(cls: type[T], path: str | Path) -> T:
-    """Parse a JSON or TOML file (by suffix) into `cls`."""
+def read_config_data(path: str | Path) -> Any:
+    """The data of a config file: YAML (.yaml/.yml), TOML (.toml) or JSON (anything
+    else); ConfigError naming the file when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - each parser raises its own error types
         raise ConfigError(f"config file {path}: not valid {path.suffix[1:] or 'JSON'}: "
                           f"{exc}") from None
-    return from_dict(cls, data, f"config file {path}")
+
+
+def load_config_file(cls: type[T], path: str | Path) -> T:
+    """Parse a YAML, TOML or JSON file (by suffix) into `cls`."""
+    return from_dict(cls, read_config_data(path), f"config file {path}")
 
 
 def identity_hash(config: Any) -> str:
