@@ -4,7 +4,8 @@ gofail. Off unless `DISTILLPREP_FAILPOINTS` is set; a step's real work is never 
 
     DISTILLPREP_FAILPOINTS="teacher-fit@scene-0001=transient*1;ingest@scene-0002=kill*1"
 
-Each entry is `<step>@<scene>=<fault>*<times>`: `transient` raises a retryable error,
+Each entry is `<step>@<scene>=<fault>*<times>`; steps are the flow's task names, and
+`teacher-fit-midway` (a fit past its first checkpoint). `transient` raises a retryable error,
 `bad-data` a permanent one, `kill` ends the process at once (SIGKILL: a lost worker).
 The count is kept in marker files under `DISTILLPREP_FAILPOINTS_DIR` (default: the work
 dir), so that it holds across processes and retries: `*1` fires once in all.

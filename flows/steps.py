@@ -21,6 +21,7 @@ from typing import Any, Literal
 from distillprep.scenes.errors import DataError
 from distillprep.storage_schemas.store import Store, open_store
 
+from . import failpoints
 from .prepare_config import FeatureModel, PrepareConfig
 
 Log = Callable[[str], None]
@@ -143,6 +144,8 @@ def teacher_fit_step(target: Target, config: PrepareConfig, scene_id: str,
     every = max(1, (config.teacher.steps or 1) // 5)
 
     def progress(step: int, total: int, record: dict) -> None:
+        if step > config.teacher.checkpoint_every:  # past a checkpoint: a fault test's
+            failpoints.hit("teacher-fit-midway", scene_id, target.work_dir)
         if log is not None and (step % every == 0 or step == total):
             log(f"scene {scene_id}: teacher step {step}/{total}, PSNR "
                 f"{record.get('psnr', float('nan')):.2f} dB")

@@ -83,7 +83,7 @@ def bench_flows(root: Path) -> None:
     from distillprep.scenes.synthetic.generate import SynthConfig, generate
 
     dataroot = generate(root / "flow_nuscenes", "nuscenes",
-                        SynthConfig(scenes=SCENES, frames=2, width=96, height=54, sweeps=0,
+                        SynthConfig(scenes=SCENES, frames=3, width=96, height=54, sweeps=0,
                                     seed=3, supersample=1, workers=2))
     config_file = root / "flow_bench.yaml"
     config_file.write_text(CONFIG)

@@ -34,12 +34,15 @@ def test_a_dask_cluster_gives_the_threads_store_even_when_a_worker_dies(small_da
                                                                          monkeypatch):
     # the tiny config runs torch on 1 thread, as Dask's workers do: equal float sums
     assert yaml.safe_load(CONFIG.read_text())["threads"] == 1
-    # the worker fitting scene-0001's teacher dies (SIGKILL) as the fit starts
-    monkeypatch.setenv(FAILPOINTS, "teacher-fit@scene-0001=kill*1")
+    # the worker fitting scene-0001's teacher dies (SIGKILL) past its first checkpoint
+    monkeypatch.setenv(FAILPOINTS, "teacher-fit-midway@scene-0001=kill*1")
     code, dask = prepare(small_dataset, tmp_path / "dask.zarr", "--runner", "dask",
                          "--workers", "2")
     assert code == 0 and statuses(dask) == dict.fromkeys(SCENES, "done"), dask
-    assert (tmp_path / "dask.zarr.work" / "failpoints" / "teacher-fit@scene-0001.0").exists()
+    assert (tmp_path / "dask.zarr.work" / "failpoints" /
+            "teacher-fit-midway@scene-0001.0").exists()
+    fit = steps_of(dask, "scene-0001")["teacher-fit"]  # the other worker resumed it
+    assert fit["fit"] == "resumed" and fit["steps_now"] == 10, fit
     store = open_store(tmp_path / "dask.zarr")
     assert store.sequences("scene-0001")["ingest"] == [1]  # committed once, never redone
     assert _contents(tmp_path / "dask.zarr") == _contents(prepared[0] / "store.zarr")
