@@ -6,6 +6,7 @@ renders the moving cars' pixels of its training frames better than one fitted wi
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from test_teacher_fit import TINY
 
@@ -25,6 +26,7 @@ DYNAMIC = DynamicFieldConfig(grid=HashGridConfig(input_dim=4, levels=8, log2_tab
                              hidden=32, sparsity_weight=0.001)
 
 
+@pytest.mark.slow  # about 95 s on 2 cores: two short fits compared on held-out cars
 def test_dynamic_field_renders_moving_cars_better(tmp_path):
     torch.set_num_threads(2)
     root = generate(tmp_path / "nuscenes", "nuscenes", CONFIG)
