@@ -12,7 +12,13 @@ from pathlib import Path
 
 from distillprep.scenes.errors import EXIT_BAD_DATA, ConfigError, TransientError
 
-from .cli_common import add_dataset_argument, add_scene_argument, emit, storage_options
+from .cli_common import (
+    add_dataset_argument,
+    add_scene_argument,
+    add_storage_option_argument,
+    emit,
+    storage_options,
+)
 
 PREFECT_HOME_DEFAULT = Path(".distillprep") / "prefect"
 """Prefect's home (database, logs) inside the working folder, never the user's home."""
@@ -24,8 +30,7 @@ def add_prepare(sub) -> None:
     p.add_argument("dataroot", type=Path)
     add_dataset_argument(p)
     p.add_argument("--out", required=True, help="store path or URL")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for a store URL (repeatable)")
+    add_storage_option_argument(p)
     add_scene_argument(p)
     p.add_argument("--config", type=Path, default=None,
                    help="every stage's config, YAML or TOML (flows/prepare_config.py)")
