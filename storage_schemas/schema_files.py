@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .attrs import SCHEMA_MODELS, SCHEMA_VERSION
 from .feature_runs import FeatureRun
+from .quarantine import QuarantineRecord
 from .spec import ARRAYS, ArraySpec
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -17,7 +18,7 @@ SCHEMA_DIR = Path(__file__).parent / "json"
 
 def generated() -> dict[str, str]:
     """File name -> content of every schema file, as the code defines them now."""
-    models = {**SCHEMA_MODELS, "feature_run": FeatureRun}
+    models = {**SCHEMA_MODELS, "feature_run": FeatureRun, "quarantine_record": QuarantineRecord}
     files = {f"{name}.schema.json": model.model_json_schema() for name, model in models.items()}
     files["array_spec.schema.json"] = ArraySpec.model_json_schema()
     files["arrays.json"] = {"schema_version": SCHEMA_VERSION,

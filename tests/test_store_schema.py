@@ -127,3 +127,31 @@ def test_version_1_manifest_parts_come_back_in_the_current_columns():
     assert read.schema.names == MANIFEST_SCHEMA.names
     assert read.column("has_dino_features").to_pylist() == [False] * 3
     assert read.column("clip_feature_norm_mean").null_count == 3
+
+
+def test_quarantine_records_round_trip_and_bad_ones_name_their_file(tmp_path):
+    from datetime import UTC, datetime
+
+    from distillprep.storage_schemas.errors import MetadataError
+    from distillprep.storage_schemas.quarantine import (
+        QuarantineRecord,
+        clear_quarantine,
+        quarantined,
+        read_quarantine,
+        write_quarantine,
+    )
+    from distillprep.storage_schemas.store import create_store
+
+    store = create_store(tmp_path / "s.zarr", "nuscenes", "v1.0-mini")
+    assert quarantined(store) == {} and read_quarantine(store, "scene-0001") is None
+    record = QuarantineRecord(scene_id="scene-0001", step="ingest", kind="bad-data",
+                              error_type="SceneDataError", message="bad.jpg: truncated",
+                              attempts=1, retryable=False, at=datetime.now(UTC))
+    write_quarantine(store, record)
+    assert read_quarantine(store, "scene-0001") == record
+    assert quarantined(store) == {"scene-0001": record}
+    clear_quarantine(store, "scene-0001")
+    assert quarantined(store) == {}
+    (tmp_path / "s.zarr" / "quarantine" / "scene-0002.json").write_text('{"scene_id": 3}')
+    with pytest.raises(MetadataError, match=r"quarantine/scene-0002\.json: .*scene_id"):
+        quarantined(store)
