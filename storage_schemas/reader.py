@@ -39,27 +39,34 @@ def decode_jpeg(data: np.ndarray, nbytes: int, where: str) -> np.ndarray:
 
 
 class SceneReader:
-    """One committed scene of a store (its current stages), small tables cached in memory."""
+    """One committed scene of a store (its current stages), small tables cached in memory.
 
-    def __init__(self, store: Store, scene_id: str):
+    `arrays` None: every per-sample array of the current stages and the tables `read`
+    needs; else only the arrays named (per-sample ones, along N or V, opened for block
+    reads; the others read whole into `tables`): nothing else is opened or read."""
+
+    def __init__(self, store: Store, scene_id: str, arrays: tuple[str, ...] | None = None):
         self.store, self.scene_id = store, scene_id
         self.view = store.scene(scene_id)
         self.attrs = self.view.attrs
+        if arrays is None:
+            names = [n for n in self.view.array_names()
+                     if n in SAMPLE_ARRAYS or n in (*_PER_SAMPLE_TABLES, "ego_to_world",
+                                                    "rgb_jpeg_nbytes")]
+        else:
+            names = list(arrays)
         # Everything opened once and concurrently (a lookup by name reads an array's
         # metadata again); per-sample arrays stay open for concurrent block reads.
-        tables, self.sample_arrays = self._named(sync, self._open(), "its arrays' metadata "
-                                                 "and small tables")
-        self.ego_to_world = tables.pop("ego_to_world")
-        self.jpeg_nbytes = tables.pop("rgb_jpeg_nbytes")
+        tables, self.sample_arrays = self._named(sync, self._open(names), "its arrays' "
+                                                 "metadata and small tables")
+        self.ego_to_world = tables.pop("ego_to_world", None)
+        self.jpeg_nbytes = tables.pop("rgb_jpeg_nbytes", None)
         self.tables = tables
 
     def __len__(self) -> int:
         return self.attrs.num_samples
 
-    async def _open(self):
-        names = [n for n in self.view.array_names()
-                 if n in SAMPLE_ARRAYS or n in (*_PER_SAMPLE_TABLES, "ego_to_world",
-                                                "rgb_jpeg_nbytes")]
+    async def _open(self, names: list[str]):
         zarr_store = self.store.location.zarr_store()
         groups = {}
         for stage in {ARRAYS[n].stage for n in names}:
@@ -67,10 +74,10 @@ class SceneReader:
                 store=zarr_store, path=self.view.group_path(stage), mode="r")
         arrays = dict(zip(names, await asyncio.gather(
             *(groups[ARRAYS[n].stage].getitem(n) for n in names)), strict=True))
-        small = (*_PER_SAMPLE_TABLES, "ego_to_world", "rgb_jpeg_nbytes")
+        small = [n for n in names if not ARRAYS[n].per_sample]
         values = await asyncio.gather(*(arrays[n].getitem(Ellipsis) for n in small))
         tables = {n: np.asarray(v) for n, v in zip(small, values, strict=True)}
-        samples = {n: arrays[n] for n in SAMPLE_ARRAYS if n in arrays}
+        samples = {n: arrays[n] for n in names if ARRAYS[n].per_sample}
         return tables, samples
 
     def _assemble(self, index: int, block: dict[str, np.ndarray], offset: int) -> dict[str, Any]:
@@ -93,11 +100,13 @@ class SceneReader:
             raise IndexError(f"scene {self.scene_id!r} has {len(self)} samples, not {index}")
         return self._assemble(index, self.read_block(index, index + 1), 0)
 
-    def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Samples start..stop-1 of every per-sample array, the arrays read concurrently
-        (their decoding overlaps on several cores); an array whose bytes do not read is a
-        StoreReadError naming the scene, the array and its folder."""
-        arrays = list(self.sample_arrays.items())
+    def read_block(self, start: int, stop: int, names: tuple[str, ...] | None = None,
+                   ) -> dict[str, np.ndarray]:
+        """Samples start..stop-1 of every per-sample array (or those named), the arrays
+        read concurrently (their decoding overlaps on several cores); an array whose
+        bytes do not read is a StoreReadError naming the scene, the array and its
+        folder."""
+        arrays = [(n, a) for n, a in self.sample_arrays.items() if names is None or n in names]
 
         async def read_all():
             return await asyncio.gather(*(array.getitem(slice(start, stop))
