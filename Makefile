@@ -45,6 +45,9 @@ demo: $(STAMP)
 		--png $(DEMO_OUT)/store_previews
 	$(BIN)/distillprep export distillnerf $(DEMO_OUT)/store.zarr $(DEMO_OUT)/distillnerf \
 		--scene scene-0001
+	@echo "demo: one epoch of the student's streaming loader over the store"
+	$(BIN)/distillprep loader-check $(DEMO_OUT)/store.zarr --workers 2 --batch-size 2 \
+		--resize 228x128
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -18,6 +18,7 @@ from distillprep.scenes.errors import EXIT_BUG, DistillprepError
 from . import (
     commands_export,
     commands_features,
+    commands_loader,
     commands_prepare,
     commands_scenes,
     commands_store,
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (commands_scenes.COMMANDS + commands_store.COMMANDS
                 + commands_teacher.COMMANDS + commands_features.COMMANDS
-                + commands_prepare.COMMANDS):
+                + commands_prepare.COMMANDS + commands_loader.COMMANDS):
         add(sub)
     commands_export.register(sub)
     return parser

@@ -15,6 +15,7 @@ import numpy as np
 from bench_commit import bench_stage_commits
 from bench_features import bench_feature_codecs, bench_features, bench_position_denoising
 from bench_flow import bench_flows
+from bench_loader import bench_loader
 from bench_store import bench_store
 from bench_teacher import bench_hash_grid
 from bench_teacher_fit import bench_teacher
@@ -96,6 +97,7 @@ def main() -> None:
         bench_position_denoising(images)
         bench_feature_codecs(images)
         bench_flows(Path(tmp))
+    bench_loader()
     bench_features()
     # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
     bench_teacher(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")),

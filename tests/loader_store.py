@@ -37,15 +37,20 @@ def write_loader_scene(store, scene_id: str, frames: int, cams: tuple[str, ...] 
                        size: tuple[int, int] = (12, 16), seed: int = 0,
                        teacher: bool = True, features: bool = True,
                        images: list[bytes] | None = None,
-                       basis: np.ndarray | None = None) -> None:
+                       basis: np.ndarray | None = None,
+                       overrides: dict[str, np.ndarray] | None = None) -> None:
     """Commit ingest, teacher and DINO-feature stages of a scene (frames x cams samples).
     Teacher: every sample rendered; virtual views: 2 per camera sample, except that the
     last camera of every third frame has none (placement dropped them); frames with
-    frame_index % 4 == 3 are held out, teacher PSNR is 20 + frame_index % 10."""
+    frame_index % 4 == 3 are held out, teacher PSNR is 20 + frame_index % 10. `images`:
+    the samples' JPEG bytes (used in turn); `overrides`: arrays of any stage replacing
+    the made-up ones (the bench's realistic sizes and values)."""
     rng = np.random.default_rng(seed)
     h, w = size
     n = frames * len(cams)
-    jpegs = [_jpeg(i, h, w, rng) for i in range(n)] if images is None else images
+    jpegs = ([_jpeg(i, h, w, rng) for i in range(n)] if images is None
+             else [images[i % len(images)] for i in range(n)])
+    overrides = overrides or {}
     longest = max(len(j) for j in jpegs)
     rows = np.zeros((n, longest), np.uint8)
     for i, j in enumerate(jpegs):
@@ -72,6 +77,7 @@ def write_loader_scene(store, scene_id: str, frames: int, cams: tuple[str, ...] 
         "lidar_is_keyframe": np.zeros(0, np.uint8),
         "lidar_sensor_index": np.zeros(0, np.int16),
     }
+    arrays.update({k: v for k, v in overrides.items() if k in arrays})
     attrs = SceneAttrs(scene_id=scene_id, dataset="synthetic", dataset_version="v0",
                        created=datetime.now(UTC), cameras=list(cams), lidars=["LIDAR_TOP"],
                        width=w, height=h, num_samples=n, num_frames=frames,
@@ -114,6 +120,7 @@ def write_loader_scene(store, scene_id: str, frames: int, cams: tuple[str, ...] 
                                                                     )[:, None],
         "virtual_shift": np.zeros(v, np.float32),
     }
+    views.update({k: v for k, v in overrides.items() if k in views})
     record = teacher_record(store, scene_id, samples=n)
     store.commit_stage(scene_id, record, views, {
         "teacher_psnr": [20.0 + f % 10 for f in frame],
@@ -127,6 +134,7 @@ def write_loader_scene(store, scene_id: str, frames: int, cams: tuple[str, ...] 
              "dino_pca_basis": (np.eye(2, 3) if basis is None else basis).astype(np.float32),
              "dino_pca_mean": np.zeros(3, np.float32),
              "dino_pca_explained_variance": np.ones(2, np.float32)}
+    feats.update({k: v for k, v in overrides.items() if k in feats})
     store.commit_stage(scene_id, feature_record(store, scene_id, "dino"), feats)
 
 

@@ -319,3 +319,24 @@ def test_resize_scales_k_with_the_images(store):
     for u, v in [(-0.5, -0.5), (15.5, 11.5)]:
         ray = np.linalg.solve(k, [u, v, 1.0])
         assert np.allclose(k2 @ ray, [(u + 0.5) / 2 - 0.5, (v + 0.5) / 2 - 0.5, 1.0])
+
+
+def test_loader_check_streams_one_epoch_and_reports(store, tmp_path, capsys):
+    import json
+
+    from distillprep.flows.cli import main
+
+    assert main(["loader-check", store, "--arrays", "rgb", "teacher_depth", "--batch-size",
+                 "4", "--keyframes-only", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    keyframes = sum((n + 1) // 2 for n in UNEVEN.values())
+    assert report["frames"] == report["planned_frames"] == keyframes
+    assert report["scenes"] == len(UNEVEN) and report["cameras"] == ["CAM_FRONT", "CAM_BACK"]
+    assert report["excluded"] == {"not a keyframe": TOTAL - keyframes}
+    assert report["shapes"]["teacher_depth"] == "(2, 12, 16) float16"
+    assert "virtual_rgb" in report["fields_available"] and report["frames_per_second"] > 0
+    bare = create_store(tmp_path / "bare.zarr", "synthetic", "v0")
+    write_loader_scene(bare, "scene-x", 3, teacher=False)
+    assert main(["loader-check", str(tmp_path / "bare.zarr"), "--arrays",
+                 "teacher_depth"]) == 1
+    assert "array teacher_depth" in capsys.readouterr().err

@@ -6,8 +6,8 @@ every camera of the frame (leading axis C, the cameras in the scene's rig order)
 
 - `rgb` (C, H, W, 3) uint8, decoded from `rgb_jpeg`;
 - `intrinsics` (C, 3, 3), `cam_to_world` (C, 4, 4) float64, OpenCV, K of the size yielded;
-- `lidar_depth` (C, H, W) float32 m, 0 = no return;
-- `teacher_depth`, `teacher_opacity` (C, Ht, Wt) float32;
+- `lidar_depth` (C, H, W) float16 m, 0 = no return;
+- `teacher_depth`, `teacher_opacity` (C, Ht, Wt) float16;
 - `dino_features`, `clip_features` (C, C_f, h_f, w_f) float16, PCA-reduced
   (`StoreDataset.feature_basis` undoes the reduction);
 - `virtual_rgb`, `virtual_depth`, `virtual_opacity`, `<family>_virtual_features`
@@ -16,6 +16,9 @@ every camera of the frame (leading axis C, the cameras in the scene's rig order)
   `virtual_valid` (C, K) bool;
 - `next_rgb`, `next_intrinsics`, `next_cam_to_world`: the same of frame f + 1's cameras
   (DistillNeRF's novel-view targets).
+
+Depth, opacity and features stay float16 as stored (half the bytes through the workers'
+pipes; convert on the device).
 
 K is 1 with `virtual="random"` (one view per camera drawn from the seed, the epoch and
 the frame, as DistillNeRF draws one of {left, up, right}), else the most views a camera

@@ -130,7 +130,8 @@ def _scene_frames(store: Store, store_index: int, scene_id: str, config: LoaderC
         if (tuple(rows["camera"][i] for i in picks) == cameras
                 and samples == list(range(samples[0], samples[0] + len(cameras)))):
             complete[frame] = picks
-    excluded["cameras missing from the frame"] += len(by_frame) - len(complete)
+    if len(by_frame) > len(complete):
+        excluded["cameras missing from the frame"] += len(by_frame) - len(complete)
     views: dict[int, list[list[int]]] = {}
     if config.virtual_fields():
         place = {int(rows["sample_index"][i]): (frame, c)
@@ -232,3 +233,17 @@ def build_plan(stores: list[str | Store], config: LoaderConfig,
 # Image-like arrays the loader resamples to LoaderConfig.resize (their shapes then agree).
 _RESIZED = {"rgb_jpeg", "lidar_depth", "teacher_depth", "teacher_opacity", "virtual_rgb",
             "virtual_depth", "virtual_opacity"}
+
+
+def available_fields(store: Store, scene_ids: list[str]) -> list[str]:
+    """Fields (config.FIELDS) that every one of the scenes can give."""
+    from .config import VIRTUAL_FIELDS, VIRTUAL_TABLES
+
+    names = None
+    for scene_id in scene_ids:
+        have = set(store.scene(scene_id).array_names())
+        names = have if names is None else names & have
+    names = names or set()
+    return [f for f, arrays in FIELDS.items()
+            if set(arrays) <= names and (f not in VIRTUAL_FIELDS
+                                         or set(VIRTUAL_TABLES) <= names)]

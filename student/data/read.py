@@ -133,8 +133,9 @@ class FrameReader:
             elif field in CAMERA_FIELDS:
                 data = block[field][frame.first_sample - lo:frame.first_sample - lo + cams]
                 resample = _RESAMPLE.get(field)
+                # a copy: a view would keep the whole read block alive while it waits
                 sample[field] = (np.stack([resample(d, size) for d in data]) if resample
-                                 else np.asarray(data))
+                                 else np.array(data))
         if self.config.virtual_fields():
             sample.update(self._virtual(scene, views, picks))
         return sample
@@ -181,8 +182,7 @@ class FrameReader:
         if self.config.resize is not None and name in _RESAMPLE:
             w, h = self.config.resize
             shape = (h, w, *shape[2:])
-        dtype = np.float32 if name in ("virtual_depth", "virtual_opacity") else array.dtype
-        return shape, np.dtype(dtype)
+        return shape, np.dtype(array.dtype)
 
 
 def _view_size(scene: SceneReader) -> tuple[int, int] | None:

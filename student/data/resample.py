@@ -41,12 +41,13 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 
 def resize_smooth(values: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """(h, w) float32 bilinear resample of an (H, W) map of smooth values (opacity)."""
-    values = np.asarray(values, dtype=np.float32)
+    """(h, w) bilinear resample of an (H, W) map of smooth values (opacity), in its own
+    dtype."""
+    values = np.asarray(values)
     if size is None or (values.shape[1], values.shape[0]) == tuple(size):
         return values
-    return np.asarray(Image.fromarray(values).resize(
-        tuple(size), Image.Resampling.BILINEAR))
+    image = Image.fromarray(values.astype(np.float32))
+    return np.asarray(image.resize(tuple(size), Image.Resampling.BILINEAR)).astype(values.dtype)
 
 
 def _centres(n_out: int, n_in: int) -> np.ndarray:
@@ -55,8 +56,8 @@ def _centres(n_out: int, n_in: int) -> np.ndarray:
 
 
 def resize_nearest(values: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """(h, w) float32 nearest-pixel resample of an (H, W) map (dense depth)."""
-    values = np.asarray(values, dtype=np.float32)
+    """(h, w) nearest-pixel resample of an (H, W) map (dense depth), in its own dtype."""
+    values = np.asarray(values)
     if size is None or (values.shape[1], values.shape[0]) == tuple(size):
         return values
     w, h = size
@@ -64,16 +65,21 @@ def resize_nearest(values: np.ndarray, size: tuple[int, int] | None) -> np.ndarr
 
 
 def resize_sparse_depth(depth: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """(h, w) float32 of an (H, W) sparse depth map (0 = none): each return moves to the
-    output pixel containing its pixel's centre; the nearest return wins a shared pixel."""
-    depth = np.asarray(depth, dtype=np.float32)
+    """(h, w) of an (H, W) sparse depth map (0 = none), in its own dtype: each return
+    moves to the output pixel containing its pixel's centre; the nearest return wins a
+    shared pixel."""
+    depth = np.asarray(depth)
     if size is None or (depth.shape[1], depth.shape[0]) == tuple(size):
         return depth
     w, h = size
-    rows, cols = np.nonzero(depth > 0)
+    # float16 compares are slow in numpy: a positive float16 is a bit pattern in
+    # 1 .. 0x7FFF, which one unsigned compare finds (0 wraps round to 0xFFFF)
+    found = (depth.view(np.uint16) - np.uint16(1) < 0x7FFF if depth.dtype == np.float16
+             else depth > 0)
+    rows, cols = np.divmod(np.flatnonzero(found), depth.shape[1])
     out = np.full((h, w), np.inf, dtype=np.float32)
     v = np.minimum(((rows + 0.5) * h / depth.shape[0]).astype(np.int64), h - 1)
     u = np.minimum(((cols + 0.5) * w / depth.shape[1]).astype(np.int64), w - 1)
-    np.minimum.at(out, (v, u), depth[rows, cols])
-    out[np.isinf(out)] = 0.0
-    return out
+    np.minimum.at(out, (v, u), depth[rows, cols].astype(np.float32))
+    out[np.isinf(out)] = 0
+    return out.astype(depth.dtype)
