@@ -1,0 +1,101 @@
+"""Sparse hierarchical voxels over the contracted cube [-1, 1]^3 (DistillNeRF section 3.2):
+lifted points mean-pooled into two levels, and queried at sample points with the
+"density complement" (a sample takes the fine level's density where a fine voxel exists,
+the coarse level's elsewhere, and empty space where neither does).
+
+A level is `SparseVoxels` (`sparse_conv.py`) whose last feature channel is the density
+logit. Looking a point up needs no dense index grid (512^3 would be 512 MB of int32):
+the occupied voxels' linear keys are kept sorted and searched (`torch.searchsorted`).
+Voxel (z, y, x) of a level of resolution n covers contracted coordinates
+[-1 + 2 i / n, -1 + 2 (i + 1) / n) along each axis, indices in (z, y, x) order of the
+point's (x, y, z) reversed, as spconv's indices are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sparse_conv import SparseVoxels
+
+EMPTY_LOGIT = -30.0
+"""Density logit of space no voxel covers (DistillNeRF's value)."""
+
+
+def voxel_of(coords: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(..., 3) int64 voxel (z, y, x) of contracted points (..., 3) (x, y, z) in [-1, 1)."""
+    cell = torch.floor((coords.clamp(-1.0, 1.0 - 1e-7) + 1.0) * (resolution / 2.0)).long()
+    return cell.flip(-1)
+
+
+def pool(coords: torch.Tensor, values: torch.Tensor, batch: torch.Tensor,
+         resolution: int, batch_size: int) -> SparseVoxels:
+    """Mean of the values (P, C) of points (P, 3) contracted, of batch items (P,), per
+    occupied voxel of a level."""
+    cells = voxel_of(coords, resolution)
+    keys = _keys(batch, cells, resolution)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    sums = values.new_zeros((len(unique), values.shape[1])).index_add(0, inverse, values)
+    counts = torch.bincount(inverse, minlength=len(unique)).to(values.dtype)
+    n = resolution
+    indices = torch.stack([unique // n**3, unique // n**2 % n, unique // n % n, unique % n],
+                          dim=1).int()
+    return SparseVoxels(sums / counts[:, None], indices, (n, n, n), batch_size)
+
+
+def _keys(batch: torch.Tensor, cells: torch.Tensor, resolution: int) -> torch.Tensor:
+    n = resolution
+    return ((batch.long() * n + cells[..., 0]) * n + cells[..., 1]) * n + cells[..., 2]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level, ready for lookups: its voxels' keys sorted."""
+
+    voxels: SparseVoxels
+    keys: torch.Tensor
+    """(N,) sorted linear keys."""
+    order: torch.Tensor
+    """(N,) row of each sorted key in `voxels`."""
+
+    @staticmethod
+    def of(voxels: SparseVoxels) -> Level:
+        cells = voxels.indices[:, 1:].long()
+        keys = _keys(voxels.indices[:, 0], cells, voxels.spatial_shape[0])
+        keys, order = torch.sort(keys)
+        return Level(voxels, keys, order)
+
+    def lookup(self, coords: torch.Tensor, batch: torch.Tensor,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row (...,) of the voxel holding each point, found (...,) bool) for contracted
+        points (..., 3) of batch items (...,)."""
+        keys = _keys(batch, voxel_of(coords, self.voxels.spatial_shape[0]),
+                     self.voxels.spatial_shape[0])
+        if len(self.keys) == 0:
+            return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
+        at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return self.order[at], self.keys[at] == keys
+
+
+def query(levels: tuple[Level, Level], coords: torch.Tensor, batch: torch.Tensor,
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (..., C_fine - 1 + C_coarse - 1), density logit (...,)) at contracted
+    points (..., 3): both levels' features side by side (zeros where a level has no
+    voxel), the density of the fine level where it has a voxel, else the coarse one's,
+    else EMPTY_LOGIT."""
+    fine, coarse = levels
+    feats, density = [], torch.full(coords.shape[:-1], EMPTY_LOGIT, dtype=coords.dtype,
+                                    device=coords.device)
+    found_any = []
+    for level in (fine, coarse):
+        row, found = level.lookup(coords, batch)
+        table = level.voxels.features
+        values = (table[row] * found[..., None] if len(table)
+                  else table.new_zeros((*coords.shape[:-1], table.shape[1])))
+        feats.append(values[..., :-1])
+        found_any.append((found, values[..., -1]))
+    (fine_found, fine_logit), (coarse_found, coarse_logit) = found_any
+    density = torch.where(coarse_found, coarse_logit, density)
+    density = torch.where(fine_found, fine_logit, density)
+    return torch.cat(feats, dim=-1), density
