@@ -12,6 +12,9 @@ def test_metrics_on_known_values():
     pred[0, 0] = 20.0  # one pixel off by 100 %
     m = depth_metrics(pred, gt, np.ones_like(gt, bool))
     assert m["abs_rel"] == pytest.approx(1 / 16) and m["delta_1_25"] == pytest.approx(15 / 16)
+    assert m["sq_rel"] == pytest.approx(100 / 10 / 16) and m["rmse"] == pytest.approx(2.5)
+    assert m["rmse_log"] == pytest.approx(np.log(2) / 4)
+    assert m["delta_1_25_2"] == m["delta_1_25_3"] == pytest.approx(15 / 16)  # 2 > 1.25^3
     assert psnr(np.zeros((2, 2)), np.full((2, 2), 0.1)) == pytest.approx(20.0)
 
 

@@ -23,14 +23,23 @@ def psnr(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """AbsRel and delta<1.25 of pred against gt (both (H, W) metres) on mask (H, W)."""
+    """The depth-estimation metrics of pred against gt (both (H, W) metres) on mask
+    (H, W): AbsRel, SqRel, RMSE, RMSE log and the shares of pixels with max(pred/gt,
+    gt/pred) below 1.25, 1.25^2 and 1.25^3 (`delta_1_25`, `_2`, `_3`)."""
     p = np.maximum(pred[mask].astype(np.float64), 1e-6)
     g = gt[mask].astype(np.float64)
     if len(g) == 0:
-        return {"abs_rel": float("nan"), "delta_1_25": float("nan"), "pixels": 0}
+        nan = float("nan")
+        return {"abs_rel": nan, "sq_rel": nan, "rmse": nan, "rmse_log": nan,
+                "delta_1_25": nan, "delta_1_25_2": nan, "delta_1_25_3": nan, "pixels": 0}
     ratio = np.maximum(p / g, g / p)
     return {"abs_rel": float(np.mean(np.abs(p - g) / g)),
-            "delta_1_25": float(np.mean(ratio < 1.25)), "pixels": int(len(g))}
+            "sq_rel": float(np.mean((p - g) ** 2 / g)),
+            "rmse": float(np.sqrt(np.mean((p - g) ** 2))),
+            "rmse_log": float(np.sqrt(np.mean((np.log(p) - np.log(g)) ** 2))),
+            "delta_1_25": float(np.mean(ratio < 1.25)),
+            "delta_1_25_2": float(np.mean(ratio < 1.25 ** 2)),
+            "delta_1_25_3": float(np.mean(ratio < 1.25 ** 3)), "pixels": int(len(g))}
 
 
 def lidar_nearest_fill(sample: CameraSample, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
