@@ -88,3 +88,31 @@ def test_pooling_takes_the_mean_per_voxel():
                                                    strict=True)}
     assert found == {(0, 8, 8, 8): [2.0, 3.0], (0, 15, 9, 4): [5.0, 6.0],
                      (1, 8, 8, 8): [7.0, 8.0]}
+
+
+def test_lifted_features_land_in_the_voxel_of_their_depth():
+    from distillprep.student.model.lift import camera_rays, lift, pool_levels
+    from distillprep.student.model.space import contract
+    from distillprep.student.model.voxels import voxel_of
+
+    k = torch.tensor([[[20.0, 0, 2.0], [0, 20.0, 1.0], [0, 0, 1]]], dtype=torch.float64)
+    # an OpenCV camera looking along ego +x (ego: x forward, y left, z up), 1.5 m up
+    pose = torch.eye(4, dtype=torch.float64)[None].clone()
+    pose[0, :3, :3] = torch.tensor([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], dtype=torch.float64)
+    pose[0, :3, 3] = torch.tensor([0.0, 0.0, 1.5])
+    origins, directions = camera_rays(k, pose, 4, 5)
+    assert torch.allclose(directions[0, 7], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    depth = torch.tensor([12.0, 30.0], dtype=torch.float64)
+    depths = depth.expand(1, 20, 2)
+    weights = torch.tensor([1.0, 0.0], dtype=torch.float64).expand(1, 20, 2)
+    features = torch.arange(20, dtype=torch.float64).reshape(1, 20, 1)
+    points, values = lift(origins, directions, depths, weights,
+                          torch.full((1, 20, 2), 5.0, dtype=torch.float64), features)
+    assert torch.allclose(points[14], torch.tensor([12.0, 0.0, 1.5], dtype=torch.float64))
+    fine, coarse = pool_levels(points, values, torch.zeros(len(points), dtype=torch.long),
+                               SPACE, (512, 128), 1)
+    # the centre pixel's point at 12 m holds its feature alone (weight 1) and logit 5
+    cell = voxel_of(contract(points[14:15], SPACE), 512)[0]
+    row = [i for i, v in enumerate(fine.indices.tolist()) if v[1:] == cell.tolist()]
+    assert len(row) == 1 and fine.features[row[0]].tolist() == [7.0, 5.0]
+    assert len(coarse.indices) <= len(fine.indices) <= 40
