@@ -1,0 +1,84 @@
+"""One training objective evaluation of the student on one frame of the streaming loader:
+the frame's cameras in, its own views rendered back, every loss term of `LossConfig`.
+
+The frame of reference is the world's axes moved to the mean of the frame's camera
+centres (z up, as the stores' worlds), so the voxels sit around the rig. LiDAR depth is
+min-pooled to the render size (the nearest return per pixel, as the official loader),
+teacher depth taken at the nearest pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .losses import (
+    LossConfig,
+    entropy_loss,
+    feature_loss,
+    lidar_depth_loss,
+    opacity_loss,
+    teacher_depth_loss,
+)
+from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
+
+
+def frame_inputs(batch: dict, item: int = 0) -> dict[str, torch.Tensor]:
+    """Model inputs of one frame of a loader batch: images (C, 3, H, W) in [0, 1],
+    K (C, 3, 3), cam_to_ref (C, 4, 4) float32, and the reference's offset (3,) world."""
+    rgb = batch["rgb"][item].permute(0, 3, 1, 2).float() / 255.0
+    poses = batch["cam_to_world"][item].double()
+    centre = poses[:, :3, 3].mean(dim=0)
+    poses = poses.clone()
+    poses[:, :3, 3] -= centre
+    return {"images": rgb, "intrinsics": batch["intrinsics"][item].float(),
+            "cam_to_ref": poses.float(), "centre": centre}
+
+
+def sparse_min_pool(depth: torch.Tensor, factor: int) -> torch.Tensor:
+    """(N, H / f, W / f) nearest return of each f x f cell of sparse depth (N, H, W)
+    (0 = none)."""
+    d = torch.nan_to_num(depth.float())
+    d = torch.where(d > 0, d, torch.full_like(d, float("inf")))
+    pooled = -F.max_pool2d(-d[:, None], factor)[:, 0]
+    return torch.where(torch.isinf(pooled), torch.zeros_like(pooled), pooled)
+
+
+def objective(model: DistillNeRFStudent, batch: dict, losses: LossConfig, item: int = 0,
+              generator: torch.Generator | None = None,
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """(total loss, each weighted term) of one frame: its cameras rendered back."""
+    inputs = frame_inputs(batch, item)
+    scene = model.encode(inputs["images"], inputs["intrinsics"], inputs["cam_to_ref"])
+    h, w = scene["size"]
+    cams = len(inputs["images"])
+    out = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
+                       inputs["cam_to_ref"], torch.arange(cams), (h, w), generator)
+    terms: dict[str, torch.Tensor] = {}
+    if losses.rgb_l1:
+        terms["rgb_l1"] = losses.rgb_l1 * F.l1_loss(out["rgb"], inputs["images"])
+    depths = {"render": out["depth"], "coarse": scene["coarse_depth"]}
+    if losses.lidar_depth and "lidar_depth" in batch:
+        lidar = sparse_min_pool(batch["lidar_depth"][item], 2)
+        terms["lidar_depth"] = losses.lidar_depth * sum(
+            lidar_depth_loss(d, lidar, losses) for d in depths.values())
+    if losses.teacher_depth and "teacher_depth" in batch:
+        teacher = F.interpolate(batch["teacher_depth"][item].float()[:, None], size=(h, w),
+                                mode="nearest")[:, 0]
+        terms["teacher_depth"] = losses.teacher_depth * sum(
+            teacher_depth_loss(d, teacher, losses) for d in depths.values())
+    if losses.entropy:
+        terms["entropy"] = losses.entropy * (entropy_loss(scene["coarse_weights"])
+                                             + entropy_loss(out["weights"]))
+    if losses.opacity:
+        terms["opacity"] = losses.opacity * (opacity_loss(scene["coarse_weights"])
+                                             + opacity_loss(scene["fine_weights"])
+                                             + opacity_loss(out["weights"]))
+    for family in ("dino", "clip"):
+        name = f"{family}_features"
+        if losses.features and name in batch and "features" in out:
+            target = F.interpolate(batch[name][item].float(), size=(h, w), mode="bilinear",
+                                   align_corners=False)
+            terms[name] = losses.features * feature_loss(out["features"], target)
+    total = sum(terms.values())
+    return total, {k: float(v.detach()) for k, v in terms.items()}
