@@ -212,7 +212,10 @@ class StoreLoader:
         loader = DataLoader(self.dataset, batch_size=self.dataset.config.batch_size,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
                             prefetch_factor=self.prefetch_factor,
-                            multiprocessing_context=context)
+                            multiprocessing_context=context,
+                            # its own seed source: iterating must not draw from the
+                            # global RNG (a resumed run would draw differently)
+                            generator=torch.Generator().manual_seed(0))
         for batch in loader:
             self.batches_seen += 1
             yield batch

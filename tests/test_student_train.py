@@ -1,0 +1,65 @@
+"""Training runs: an interrupted run resumed from its checkpoint ends bit for bit where
+an uninterrupted one does; a checkpoint of another config is refused; a store without
+teacher depth fails at the start when depth distillation is on; scalars and previews are
+written."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from loader_store import build_loader_store
+
+from distillprep.scenes.errors import ConfigError
+from distillprep.student.data import LoaderError
+from distillprep.student.losses import LossConfig
+from distillprep.student.model.distillnerf import StudentConfig
+from distillprep.student.model.render import RaySamplingConfig
+from distillprep.student.train import TrainConfig, checkpoints, load_checkpoint, train
+
+CONFIG = TrainConfig(steps=6, lr=1e-3, resize=(16, 12), split="all", checkpoint_every=3,
+                     model=StudentConfig(channels=8, conv_channels=8, levels=(64, 16),
+                                         decoder_hidden=8, cameras=2,
+                                         sampling=RaySamplingConfig(jitter=True)))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return str(build_loader_store(tmp_path_factory.mktemp("train") / "s.zarr",
+                                  {"scene-a": 3, "scene-b": 2}))
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(store, tmp_path):
+    whole = train([store], tmp_path / "whole", CONFIG)
+    assert whole.resumed_from == 0 and whole.checkpoint.name == "step_0000006.pt"
+    # 5 frames an epoch: the 6 steps cross into the second epoch
+    first = train([store], tmp_path / "cut", replace(CONFIG, steps=4))
+    assert [p.name for p in checkpoints(tmp_path / "cut")] == ["step_0000003.pt",
+                                                                "step_0000004.pt"]
+    rest = train([store], tmp_path / "cut", CONFIG)
+    assert first.resumed_from == 0 and rest.resumed_from == 4
+    a = load_checkpoint(whole.checkpoint)
+    b = load_checkpoint(rest.checkpoint)
+    assert a["loader"] == b["loader"] and a["loader"]["epoch"] == 1
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    assert rest.last_losses == whole.last_losses and set(rest.last_losses) >= {
+        "rgb_l1", "lidar_depth", "teacher_depth", "entropy", "opacity"}
+    assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_checkpoint_of_another_config_is_refused(store, tmp_path):
+    train([store], tmp_path / "run", replace(CONFIG, steps=3))
+    with pytest.raises(ConfigError, match="another config"):
+        train([store], tmp_path / "run", replace(CONFIG, lr=5e-4))
+
+
+def test_depth_distillation_needs_teacher_depth(tmp_path):
+    bare = build_loader_store(tmp_path / "bare.zarr", {"scene-x": 3}, teacher=False)
+    with pytest.raises(LoaderError, match="teacher_depth.*stage teacher has not run"):
+        train([str(bare)], tmp_path / "run", CONFIG)
+    off = replace(CONFIG, steps=2, preview_every=2, losses=LossConfig(teacher_depth=0.0))
+    result = train([str(bare)], tmp_path / "run", off)
+    assert "teacher_depth" not in result.last_losses
+    assert (tmp_path / "run" / "previews" / "step_0000002.png").exists()
