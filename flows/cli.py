@@ -22,6 +22,7 @@ from . import (
     commands_prepare,
     commands_scenes,
     commands_store,
+    commands_student,
     commands_teacher,
 )
 
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (commands_scenes.COMMANDS + commands_store.COMMANDS
                 + commands_teacher.COMMANDS + commands_features.COMMANDS
-                + commands_prepare.COMMANDS + commands_loader.COMMANDS):
+                + commands_prepare.COMMANDS + commands_loader.COMMANDS
+                + commands_student.COMMANDS):
         add(sub)
     commands_export.register(sub)
     return parser

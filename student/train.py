@@ -135,8 +135,10 @@ def _preview(path: Path, rgb: torch.Tensor, target: torch.Tensor, depth: torch.T
 
 def train(stores: list[str], run: str | Path, config: TrainConfig,
           storage_options: dict | None = None,
-          progress: Callable[[Iterable], Iterable] | None = None) -> TrainResult:
-    """Train (or resume) a run in folder `run` on the stores' frames."""
+          progress: Callable[[Iterable], Iterable] | None = None,
+          report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train (or resume) a run in folder `run` on the stores' frames; `progress` wraps
+    the steps, `report(step, losses)` hears each step's losses."""
     run = Path(run)
     torch.manual_seed(config.seed)
     model = DistillNeRFStudent(config.model)
@@ -171,6 +173,8 @@ def train(stores: list[str], run: str | Path, config: TrainConfig,
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimiser.step()
             done = step + 1
+            if report is not None:
+                report(done, last)
             for name, value in {"loss/total": float(total.detach()),
                                 **{f"loss/{k}": v for k, v in last.items()}}.items():
                 writer.add_scalar(name, value, done)

@@ -63,3 +63,44 @@ def test_depth_distillation_needs_teacher_depth(tmp_path):
     result = train([str(bare)], tmp_path / "run", off)
     assert "teacher_depth" not in result.last_losses
     assert (tmp_path / "run" / "previews" / "step_0000002.png").exists()
+
+
+def test_evaluate_a_run_on_named_scenes(store, tmp_path):
+    import math
+
+    from distillprep.student.evaluate import evaluate, resolve_checkpoint
+
+    train([store], tmp_path / "run", replace(CONFIG, steps=2))
+    assert resolve_checkpoint(tmp_path / "run").name == "step_0000002.pt"
+    report = evaluate([store], tmp_path / "run", scenes=("scene-a",))
+    assert report["frames"] == 2 and report["scenes"] == ["scene-a"]  # the last has no next
+    for key in ("recon_psnr", "recon_ssim", "novel_view_psnr", "depth_lidar_abs_rel",
+                "depth_teacher_abs_rel", "depth_teacher_delta_1_25_3"):
+        assert math.isfinite(report[key]), key
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_train_and_eval_from_the_command_line(store, tmp_path, capsys):
+    import json
+
+    from distillprep.flows.cli import main
+
+    config = tmp_path / "tiny.json"
+    data = {"steps": 2, "resize": [16, 12], "split": "all", "checkpoint_every": 1,
+            "model": {"channels": 8, "conv_channels": 8, "levels": [64, 16],
+                      "decoder_hidden": 8, "cameras": 2}}
+    config.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    assert main(["train", "--store", store, "--out", str(run), "--config", str(config),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    # resumed with the run's own config: only the steps added run
+    assert main(["train", "--store", store, "--out", str(run), "--steps", "3",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == 2
+    assert main(["eval", "--store", store, "--ckpt", str(run), "--scene", "scene-b",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checkpoint"].endswith("step_0000003.pt") and report["frames"] == 1
+    assert main(["train", "--store", store, "--out", str(run), "--device", "cuda"]) == 2

@@ -1,0 +1,104 @@
+"""CLI commands of the student: `train` (a resumable run from stores) and `eval` (the
+paper's metrics of a run or checkpoint on held-out scenes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cli_common import add_scene_argument, add_storage_option_argument, emit, storage_options
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the student from stores into a run folder "
+                       "(started again on the same folder, it resumes exactly)")
+    p.add_argument("--store", action="append", required=True, dest="stores",
+                   metavar="STORE", help="store path or URL (repeat for several)")
+    add_storage_option_argument(p)
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--steps", type=int, default=None, help="total steps (default: config)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TrainConfig as YAML, TOML or JSON (omitted fields: defaults)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_train)
+
+
+def _train_config(args):
+    from dataclasses import replace
+
+    from distillprep.student.train import TrainConfig
+    from distillprep.teachers.nerf.config_io import from_dict, read_config_data
+
+    config = TrainConfig()
+    if args.config is not None:
+        config = from_dict(TrainConfig, read_config_data(args.config),
+                           f"config file {args.config}")
+    elif (args.out / "config.json").exists():  # resuming: the run's own config
+        config = from_dict(TrainConfig, read_config_data(args.out / "config.json"),
+                           f"{args.out / 'config.json'}")
+    if args.steps is not None:
+        config = replace(config, steps=args.steps)
+    if args.workers is not None:
+        config = replace(config, workers=args.workers)
+    return config
+
+
+def run_train(args) -> int:
+    from tqdm import tqdm
+
+    from distillprep.scenes.errors import ConfigError
+    from distillprep.student.train import train
+
+    if args.device != "cpu":
+        raise ConfigError("--device cuda: the student's CUDA path is not built yet (no GPU "
+                          "has been lent to test it); train on the CPU")
+    config = _train_config(args)
+    bar = None
+
+    def progress(steps):
+        nonlocal bar
+        bar = tqdm(steps, unit="step", disable=args.json)
+        return bar
+
+    def report(step: int, losses: dict[str, float]) -> None:
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+
+    result = train(args.stores, args.out, config, storage_options(args), progress=progress,
+                   report=report)
+    data = {"run": str(args.out), "steps": result.steps, "resumed_from": result.resumed_from,
+            "checkpoint": str(result.checkpoint), "last_losses": result.last_losses}
+    emit(args, data, f"{args.out}: {result.steps} steps (resumed from "
+                     f"{result.resumed_from}); checkpoint {result.checkpoint}; losses "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in result.last_losses.items()))
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="the paper's metrics of a student run or checkpoint "
+                       "on a store's held-out scenes")
+    p.add_argument("--store", action="append", required=True, dest="stores",
+                   metavar="STORE", help="store path or URL (repeat for several)")
+    add_storage_option_argument(p)
+    p.add_argument("--ckpt", required=True, type=Path,
+                   help="a checkpoint, or a run folder (its latest checkpoint)")
+    add_scene_argument(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args) -> int:
+    from distillprep.student.evaluate import evaluate
+
+    report = evaluate(args.stores, args.ckpt, tuple(args.scenes) if args.scenes else None,
+                      storage_options(args))
+    lines = [f"{report['checkpoint']}: {report['frames']} frame(s) of "
+             f"{len(report['scenes'])} scene(s)"]
+    lines += [f"  {k}: {v:.4g}" for k, v in report.items()
+              if isinstance(v, float) and k != "seconds_per_frame"]
+    emit(args, report, "\n".join(lines))
+    return 0
+
+
+COMMANDS = (add_train, add_eval)

@@ -1,0 +1,108 @@
+"""Evaluating a trained student on a store's frames (DistillNeRF section 4.1): for each
+frame, its cameras in, and rendered back: reconstruction PSNR / SSIM of the decoded RGB;
+novel views at the next frame's camera poses against the next frame's images; depth at
+render resolution up to 80 m against the frame's LiDAR (min-pooled) and the teacher's
+dense depth. Scenes default to the run's held-out side of the split.
+
+Not here yet: exact ground-truth depth (it lies beside the synthetic dataset, not in the
+store), foundation-feature PSNR, the CLIP text query, inference timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distillprep.scenes.errors import ConfigError
+
+from .data import StoreDataset, StoreLoader
+from .metrics import eval_depth, psnr, ssim
+from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
+from .objective import frame_inputs, sparse_min_pool
+from .train import TrainConfig, checkpoints, load_checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's latest checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = checkpoints(path)
+        if not found:
+            raise ConfigError(f"run folder {path} has no checkpoint (checkpoints/step_*.pt)")
+        return found[-1]
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_student(path: str | Path) -> tuple[DistillNeRFStudent, TrainConfig, Path]:
+    """The student of a checkpoint (or a run's latest) and its run's config."""
+    from distillprep.teachers.nerf.config_io import from_dict, read_config_data
+
+    file = resolve_checkpoint(path)
+    run = file.parent.parent
+    config = from_dict(TrainConfig, read_config_data(run / "config.json"),
+                       f"{run / 'config.json'}")
+    state = load_checkpoint(file, config)
+    model = DistillNeRFStudent(config.model)
+    model.load_state_dict(state["model"])
+    return model.eval(), config, file
+
+
+def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] | None = None,
+             storage_options: dict | None = None) -> dict:
+    """Mean metrics over the frames of `scenes` (default: the run's validation scenes)."""
+    model, config, file = load_student(checkpoint)
+    fields = ("rgb", "intrinsics", "cam_to_world", "lidar_depth", "next_rgb",
+              "next_intrinsics", "next_cam_to_world")
+    loader_config = replace(config.loader(), fields=fields + tuple(
+        f for f in config.fields() if f not in fields), shuffle=False,
+        split="all" if scenes else "val", scenes=scenes)
+    dataset = StoreDataset(stores, loader_config, storage_options=storage_options)
+    rows: dict[str, list[float]] = {}
+    seconds = []
+    with torch.no_grad():
+        for batch in StoreLoader(dataset):
+            start = time.perf_counter()
+            inputs = frame_inputs(batch)
+            scene = model.encode(inputs["images"], inputs["intrinsics"], inputs["cam_to_ref"])
+            cams = torch.arange(len(inputs["images"]))
+            own = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
+                               inputs["cam_to_ref"], cams, scene["size"])
+            seconds.append(time.perf_counter() - start)
+            nxt = batch["next_cam_to_world"][0].double().clone()
+            nxt[:, :3, 3] -= inputs["centre"]
+            novel = model.render(scene, scale_intrinsics(
+                batch["next_intrinsics"][0].float(), 0.5), nxt.float(), cams, scene["size"])
+            target = batch["next_rgb"][0].permute(0, 3, 1, 2).float() / 255.0
+            _images(rows, "recon", own["rgb"], inputs["images"])
+            _images(rows, "novel_view", novel["rgb"], target)
+            lidar = sparse_min_pool(batch["lidar_depth"][0], 2)
+            _depth(rows, "depth_lidar", own["depth"], lidar)
+            if "teacher_depth" in batch:
+                teacher = F.interpolate(batch["teacher_depth"][0].float()[:, None],
+                                        size=scene["size"], mode="nearest")[:, 0]
+                _depth(rows, "depth_teacher", own["depth"], teacher)
+    summary = {k: float(np.nanmean(v)) for k, v in rows.items()}
+    return {"checkpoint": str(file), "frames": len(dataset), "scenes": dataset.plan.scene_ids(),
+            "seconds_per_frame": float(np.mean(seconds)) if seconds else None, **summary}
+
+
+def _images(rows: dict, name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+    p = pred.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    t = target.permute(0, 2, 3, 1).numpy()
+    rows.setdefault(f"{name}_psnr", []).append(psnr(p, t))
+    rows.setdefault(f"{name}_ssim", []).append(float(np.mean([ssim(a, b)
+                                                              for a, b in zip(p, t, strict=True)])))
+
+
+def _depth(rows: dict, name: str, pred: torch.Tensor, gt: torch.Tensor) -> None:
+    metrics = eval_depth(pred.numpy(), gt.numpy())
+    for key in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta_1_25", "delta_1_25_2",
+                "delta_1_25_3"):
+        rows.setdefault(f"{name}_{key}", []).append(metrics[key])
