@@ -61,7 +61,8 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
     fields = ("rgb", "intrinsics", "cam_to_world", "lidar_depth", "next_rgb",
               "next_intrinsics", "next_cam_to_world")
     loader_config = replace(config.loader(), fields=fields + tuple(
-        f for f in config.fields() if f not in fields), shuffle=False,
+        f for f in config.fields() if f not in fields and not f.startswith("virtual")),
+        shuffle=False,
         split="all" if scenes else "val", scenes=scenes)
     dataset = StoreDataset(stores, loader_config, storage_options=storage_options)
     rows: dict[str, list[float]] = {}

@@ -80,5 +80,33 @@ def objective(model: DistillNeRFStudent, batch: dict, losses: LossConfig, item: 
             target = F.interpolate(batch[name][item].float(), size=(h, w), mode="bilinear",
                                    align_corners=False)
             terms[name] = losses.features * feature_loss(out["features"], target)
+    if losses.virtual and "virtual_rgb" in batch:
+        terms.update(_virtual_terms(model, batch, item, inputs, scene, losses, generator))
     total = sum(terms.values())
     return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _virtual_terms(model, batch, item, inputs, scene, losses, generator) -> dict:
+    """The virtual cameras' targets (one per camera, `LoaderConfig.virtual="random"`):
+    their teacher-rendered RGB and depth, the same losses as the real views, weighted by
+    `losses.virtual`; cameras whose views were all dropped are left out."""
+    valid = batch["virtual_valid"][item][:, 0]
+    if not bool(valid.any()):
+        return {}
+    poses = batch["virtual_cam_to_world"][item][valid, 0].double().clone()
+    poses[:, :3, 3] -= inputs["centre"]
+    k = scale_intrinsics(batch["virtual_intrinsics"][item][valid, 0].float(), 0.5)
+    h, w = scene["size"]
+    out = model.render(scene, k, poses.float(), torch.nonzero(valid)[:, 0], (h, w),
+                       generator)
+    terms = {}
+    if losses.rgb_l1:
+        target = batch["virtual_rgb"][item][valid, 0].permute(0, 3, 1, 2).float() / 255.0
+        terms["virtual_rgb_l1"] = losses.virtual * losses.rgb_l1 * F.l1_loss(out["rgb"],
+                                                                             target)
+    if losses.teacher_depth and "virtual_depth" in batch:
+        depth = F.interpolate(batch["virtual_depth"][item][valid, 0].float()[:, None],
+                              size=(h, w), mode="nearest")[:, 0]
+        terms["virtual_teacher_depth"] = (losses.virtual * losses.teacher_depth
+                                          * teacher_depth_loss(out["depth"], depth, losses))
+    return terms

@@ -72,6 +72,8 @@ class TrainConfig:
             fields.append("teacher_depth")
         if self.losses.features and self.model.foundation_channels:
             fields.append("dino_features")
+        if self.losses.virtual:
+            fields += ["virtual_rgb", "virtual_depth"]
         return tuple(fields)
 
     def loader(self) -> LoaderConfig:

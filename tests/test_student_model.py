@@ -78,3 +78,22 @@ def test_fitting_one_frame_lowers_the_loss_and_finds_the_wall():
 def test_sparse_min_pool_keeps_the_nearest_return():
     depth = torch.tensor([[[0.0, 5.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]]])
     assert sparse_min_pool(depth, 2).tolist() == [[[3.0, 0.0]]]
+
+
+def test_virtual_cameras_add_their_own_targets(tmp_path):
+    store = build_loader_store(tmp_path / "s.zarr", {"scene-a": 3})
+    dataset = StoreDataset(str(store), LoaderConfig(fields=(
+        "rgb", "intrinsics", "cam_to_world", "teacher_depth", "virtual_rgb",
+        "virtual_depth"), resize=(16, 12), shuffle=False))
+    batches = list(StoreLoader(dataset))
+    torch.manual_seed(0)
+    model = DistillNeRFStudent(TINY)
+    _, terms = objective(model, batches[0], LossConfig())
+    assert {"virtual_rgb_l1", "virtual_teacher_depth"} <= set(terms)
+    _, without = objective(model, batches[0], LossConfig(virtual=0.0))
+    assert not any(k.startswith("virtual") for k in without)
+    # frame 2's second camera has no view (placement dropped them): only the first counts
+    assert batches[2]["virtual_valid"][0, :, 0].tolist() == [True, False]
+    total, _ = objective(model, batches[2], LossConfig())
+    total.backward()
+    assert math.isfinite(float(total.detach()))

@@ -59,7 +59,8 @@ def test_depth_distillation_needs_teacher_depth(tmp_path):
     bare = build_loader_store(tmp_path / "bare.zarr", {"scene-x": 3}, teacher=False)
     with pytest.raises(LoaderError, match="teacher_depth.*stage teacher has not run"):
         train([str(bare)], tmp_path / "run", CONFIG)
-    off = replace(CONFIG, steps=2, preview_every=2, losses=LossConfig(teacher_depth=0.0))
+    off = replace(CONFIG, steps=2, preview_every=2,
+                  losses=LossConfig(teacher_depth=0.0, virtual=0.0))
     result = train([str(bare)], tmp_path / "run", off)
     assert "teacher_depth" not in result.last_losses
     assert (tmp_path / "run" / "previews" / "step_0000002.png").exists()
