@@ -8,12 +8,17 @@ from pathlib import Path
 from .cli_common import add_scene_argument, add_storage_option_argument, emit, storage_options
 
 
-def add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the student from stores into a run folder "
-                       "(started again on the same folder, it resumes exactly)")
+def _add_stores(p) -> None:
+    """`--store STORE` (repeatable) and the store options, as train and eval take them."""
     p.add_argument("--store", action="append", required=True, dest="stores",
                    metavar="STORE", help="store path or URL (repeat for several)")
     add_storage_option_argument(p)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the student from stores into a run folder "
+                       "(started again on the same folder, it resumes exactly)")
+    _add_stores(p)
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--steps", type=int, default=None, help="total steps (default: config)")
     p.add_argument("--config", type=Path, default=None,
@@ -78,9 +83,7 @@ def run_train(args) -> int:
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the paper's metrics of a student run or checkpoint "
                        "on a store's held-out scenes")
-    p.add_argument("--store", action="append", required=True, dest="stores",
-                   metavar="STORE", help="store path or URL (repeat for several)")
-    add_storage_option_argument(p)
+    _add_stores(p)
     p.add_argument("--ckpt", required=True, type=Path,
                    help="a checkpoint, or a run folder (its latest checkpoint)")
     add_scene_argument(p)
