@@ -28,7 +28,9 @@ def _contents(location, options=None):
             for s in iter_samples(open_store(location, storage_options=options))}
 
 
-@pytest.mark.parametrize("backend, rounds", [("local", 6), ("s3", 3)])
+# a few rounds by default (each ~6 s); the slow set hammers longer
+@pytest.mark.parametrize("backend, rounds", [("local", 3), ("s3", 3),
+                                             pytest.param("local", 12, marks=pytest.mark.slow)])
 def test_two_forced_ingests_of_one_scene_never_lose_it(backend, rounds, small_dataset,
                                                        small_store, tmp_path, s3):
     if backend == "local":
