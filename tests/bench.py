@@ -17,6 +17,7 @@ from bench_features import bench_feature_codecs, bench_features, bench_position_
 from bench_flow import bench_flows
 from bench_loader import bench_loader
 from bench_store import bench_store
+from bench_student import bench_student
 from bench_teacher import bench_hash_grid
 from bench_teacher_fit import bench_teacher
 from bench_timing import best_of
@@ -98,6 +99,7 @@ def main() -> None:
         bench_feature_codecs(images)
         bench_flows(Path(tmp))
     bench_loader()
+    bench_student()
     bench_features()
     # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
     bench_teacher(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")),

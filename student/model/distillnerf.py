@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.profiler import record_function
+from torch.utils.checkpoint import checkpoint
 
 from .depth import LOGIT_CLAMP, coarse_depth, fine_candidates, fine_depth, soft_clamp
 from .heads import CoarseDepthHead, Decoder, Encoder, FineDepthHead
@@ -52,6 +54,9 @@ class StudentConfig:
     """The parameterized space and coarse bins."""
     sampling: RaySamplingConfig = field(default_factory=RaySamplingConfig)
     """Samples along rendered rays."""
+    render_chunk: int = 4096
+    """Rays rendered at once; with gradients each chunk is recomputed in the backward
+    pass instead of kept (the official renders in 16 chunks)."""
 
 
 def scale_intrinsics(k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -84,32 +89,36 @@ class DistillNeRFStudent(nn.Module):
                cam_to_ref: torch.Tensor) -> dict:
         """The scene of one frame: images (C, 3, H, W) in [0, 1], K (C, 3, 3) of the
         images, cam_to_ref (C, 4, 4) OpenCV. Returns the voxel levels and the depths."""
-        feats = self.encoder(images)
+        with record_function("student.encoder"):
+            feats = self.encoder(images)
         cams, f, h, w = feats.shape
         pixels = feats.permute(0, 2, 3, 1).reshape(-1, f)
-        logits = self.coarse_head(feats).permute(0, 2, 3, 1).reshape(cams * h * w, -1)
-        coarse_w, coarse_d = coarse_depth(logits, self.edges)
-        candidates = fine_candidates(coarse_d, self.config.fine_candidates)
-        probabilities = self.fine_head(pixels, candidates)
-        fine_w, fine_d = fine_depth(probabilities, candidates)
+        with record_function("student.depth"):
+            logits = self.coarse_head(feats).permute(0, 2, 3, 1).reshape(cams * h * w, -1)
+            coarse_w, coarse_d = coarse_depth(logits, self.edges)
+            candidates = fine_candidates(coarse_d, self.config.fine_candidates)
+            probabilities = self.fine_head(pixels, candidates)
+            fine_w, fine_d = fine_depth(probabilities, candidates)
         # the interval's density logit: the mean of its two candidates'
         cand_logit = (2.0 * probabilities - 1.0) * LOGIT_CLAMP
         interval_logit = 0.5 * (cand_logit[:, 1:] + cand_logit[:, :-1])
         mids = 0.5 * (candidates[:, 1:] + candidates[:, :-1]).detach()  # official: detached
         k = scale_intrinsics(intrinsics, 0.5)
-        origins, directions = camera_rays(k, cam_to_ref, h, w)
-        points, values = lift(origins, directions, mids.reshape(cams, h * w, -1),
-                              fine_w.reshape(cams, h * w, -1),
-                              interval_logit.reshape(cams, h * w, -1),
-                              pixels.reshape(cams, h * w, f))
-        batch = torch.zeros(len(points), dtype=torch.long, device=points.device)
-        fine_level, coarse_level = pool_levels(points.detach(), values, batch,
-                                               self.config.space, self.config.levels, 1)
+        with record_function("student.lift_pool"):
+            origins, directions = camera_rays(k, cam_to_ref, h, w)
+            points, values = lift(origins, directions, mids.reshape(cams, h * w, -1),
+                                  fine_w.reshape(cams, h * w, -1),
+                                  interval_logit.reshape(cams, h * w, -1),
+                                  pixels.reshape(cams, h * w, f))
+            batch = torch.zeros(len(points), dtype=torch.long, device=points.device)
+            fine_level, coarse_level = pool_levels(points.detach(), values, batch,
+                                                   self.config.space, self.config.levels, 1)
         x = coarse_level
-        for i, conv in enumerate(self.conv):
-            x = conv(x)
-            if i < len(self.conv) - 1:
-                x = SparseVoxels(torch.relu(x.features), x.indices, x.spatial_shape, 1)
+        with record_function("student.sparse_conv"):
+            for i, conv in enumerate(self.conv):
+                x = conv(x)
+                if i < len(self.conv) - 1:
+                    x = SparseVoxels(torch.relu(x.features), x.indices, x.spatial_shape, 1)
         coarse_level = SparseVoxels(
             torch.cat([soft_clamp(x.features[:, :-1], 5.0),
                        soft_clamp(x.features[:, -1:], LOGIT_CLAMP)], dim=1),
@@ -127,16 +136,32 @@ class DistillNeRFStudent(nn.Module):
         h, w = size
         origins, directions = camera_rays(intrinsics, cam_to_ref, h, w)
         t = len(origins)
-        out = render_rays(scene["levels"], origins[:, None, :].expand(-1, h * w, -1)
-                          .reshape(-1, 3), directions.reshape(-1, 3),
-                          torch.zeros(t * h * w, dtype=torch.long, device=origins.device),
-                          self.edges.to(origins.dtype), self.config.space,
-                          self.config.sampling, generator)
+        origins = origins[:, None, :].expand(-1, h * w, -1).reshape(-1, 3)
+        directions = directions.reshape(-1, 3)
+        batch = torch.zeros(t * h * w, dtype=torch.long, device=origins.device)
+        edges = self.edges.to(origins.dtype)
+
+        def chunk(lo: int, hi: int):
+            out = render_rays(scene["levels"], origins[lo:hi], directions[lo:hi], batch[lo:hi],
+                              edges, self.config.space, self.config.sampling, generator)
+            return out["depth"], out["opacity"], out["features"], out["weights"]
+
+        step = self.config.render_chunk
+        with record_function("student.render"):
+            parts = [checkpoint(chunk, lo, min(lo + step, len(origins)), use_reentrant=False)
+                     if torch.is_grad_enabled() else chunk(lo, min(lo + step, len(origins)))
+                     for lo in range(0, len(origins), step)]
+        depth, opacity, features, weights = (torch.cat(p) for p in zip(*parts, strict=True))
+        out = {"depth": depth, "opacity": opacity, "features": features, "weights": weights}
         feats = out["features"].reshape(t, h, w, -1).permute(0, 3, 1, 2)
         result = {"depth": out["depth"].reshape(t, h, w),
                   "opacity": out["opacity"].reshape(t, h, w), "weights": out["weights"],
-                  "rgb": self.decoder(feats, cameras)}
+                  "rgb": self._decode(feats, cameras)}
         if self.feature_head is not None:
             result["features"] = self.feature_head(feats.permute(0, 2, 3, 1)).permute(
                 0, 3, 1, 2)
         return result
+
+    def _decode(self, feats: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+        with record_function("student.decoder"):
+            return self.decoder(feats, cameras)
