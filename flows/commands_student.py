@@ -87,6 +87,9 @@ def add_eval(sub) -> None:
     p.add_argument("--ckpt", required=True, type=Path,
                    help="a checkpoint, or a run folder (its latest checkpoint)")
     add_scene_argument(p)
+    p.add_argument("--truth", type=Path, default=None, metavar="DATAROOT",
+                   help="the synthetic dataset the store was ingested from: also score "
+                   "depth against its exact ground truth")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_eval)
 
@@ -95,7 +98,7 @@ def run_eval(args) -> int:
     from distillprep.student.evaluate import evaluate
 
     report = evaluate(args.stores, args.ckpt, tuple(args.scenes) if args.scenes else None,
-                      storage_options(args))
+                      storage_options(args), truth=args.truth)
     lines = [f"{report['checkpoint']}: {report['frames']} frame(s) of "
              f"{len(report['scenes'])} scene(s)"]
     lines += [f"  {k}: {v:.4g}" for k, v in report.items()

@@ -4,8 +4,9 @@ novel views at the next frame's camera poses against the next frame's images; de
 render resolution up to 80 m against the frame's LiDAR (min-pooled) and the teacher's
 dense depth. Scenes default to the run's held-out side of the split.
 
-Not here yet: exact ground-truth depth (it lies beside the synthetic dataset, not in the
-store), foundation-feature PSNR, the CLIP text query, inference timings.
+With `truth` (the dataroot of a synthetic dataset the store was ingested from), also
+depth against the exact ground truth the generator wrote beside each image (what no
+published evaluation can give). Not here yet: foundation-feature PSNR, the CLIP query.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .data import StoreDataset, StoreLoader
 from .metrics import eval_depth, psnr, ssim
 from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
 from .objective import frame_inputs, sparse_min_pool
-from .train import TrainConfig, checkpoints, load_checkpoint
+from .train import TrainConfig, check_rig, checkpoints, load_checkpoint
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -55,8 +56,9 @@ def load_student(path: str | Path) -> tuple[DistillNeRFStudent, TrainConfig, Pat
 
 
 def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] | None = None,
-             storage_options: dict | None = None) -> dict:
-    """Mean metrics over the frames of `scenes` (default: the run's validation scenes)."""
+             storage_options: dict | None = None, truth: str | Path | None = None) -> dict:
+    """Mean metrics over the frames of `scenes` (default: the run's validation scenes);
+    `truth`: a synthetic dataroot whose exact depth the renders are also scored on."""
     model, config, file = load_student(checkpoint)
     fields = ("rgb", "intrinsics", "cam_to_world", "lidar_depth", "next_rgb",
               "next_intrinsics", "next_cam_to_world")
@@ -65,8 +67,10 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
         shuffle=False,
         split="all" if scenes else "val", scenes=scenes)
     dataset = StoreDataset(stores, loader_config, storage_options=storage_options)
+    check_rig(dataset, config.model)
     rows: dict[str, list[float]] = {}
     seconds = []
+    sources: dict[str, list[str]] = {}
     with torch.no_grad():
         for batch in StoreLoader(dataset):
             start = time.perf_counter()
@@ -85,6 +89,9 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
             _images(rows, "novel_view", novel["rgb"], target)
             lidar = sparse_min_pool(batch["lidar_depth"][0], 2)
             _depth(rows, "depth_lidar", own["depth"], lidar)
+            if truth is not None:
+                exact = _exact_depth(dataset, truth, batch, scene["size"], sources)
+                _depth(rows, "depth_exact", own["depth"], torch.from_numpy(exact))
             if "teacher_depth" in batch:
                 teacher = F.interpolate(batch["teacher_depth"][0].float()[:, None],
                                         size=scene["size"], mode="nearest")[:, 0]
@@ -107,3 +114,31 @@ def _depth(rows: dict, name: str, pred: torch.Tensor, gt: torch.Tensor) -> None:
     for key in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta_1_25", "delta_1_25_2",
                 "delta_1_25_3"):
         rows.setdefault(f"{name}_{key}", []).append(metrics[key])
+
+
+def _exact_depth(dataset: StoreDataset, truth: str | Path, batch: dict,
+                 size: tuple[int, int], sources: dict[str, list[str]]) -> np.ndarray:
+    """(C, h, w) exact depth of the frame's cameras at render size (nearest pixel); 0
+    where the generator wrote none (the sky). `sources` caches each scene's source files."""
+    from distillprep.scenes.synthetic.truth import load_ground_truth_depth
+    from distillprep.storage_schemas.store import open_store
+
+    from .data.resample import resize_nearest
+
+    scene_id = batch["scene_id"][0]
+    if scene_id not in sources:
+        index = next(int(k.split(":", 1)[0]) for k in dataset.plan.commits
+                     if k.split(":", 1)[1] == scene_id)
+        store = open_store(dataset.plan.locations[index],
+                           storage_options=dataset.plan.storage_options)
+        sources[scene_id] = store.scene(scene_id).manifest().column("source_file").to_pylist()
+    out = []
+    for sample in batch["sample_index"][0].tolist():
+        source = sources[scene_id][sample]
+        depth = load_ground_truth_depth(truth, source)
+        if depth is None:
+            raise ConfigError(f"{truth}: no ground-truth depth for {source} (scene "
+                              f"{scene_id!r}): not the synthetic dataset this store was "
+                              "ingested from")
+        out.append(resize_nearest(np.nan_to_num(depth, posinf=0.0), (size[1], size[0])))
+    return np.stack(out)

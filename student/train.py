@@ -91,6 +91,15 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def check_rig(dataset: StoreDataset, model: StudentConfig) -> None:
+    """Refuse stores whose rig has more cameras than the decoder has slots for."""
+    cameras = dataset.plan.cameras
+    if len(cameras) > model.cameras:
+        raise ConfigError(f"the stores' frames have {len(cameras)} cameras ({', '.join(cameras)})"
+                          f", the student's decoder {model.cameras} slots: set "
+                          f"model.cameras to at least {len(cameras)}")
+
+
 def checkpoints(run: Path) -> list[Path]:
     """The run's checkpoints, oldest first."""
     return sorted((run / "checkpoints").glob("step_*.pt"))
@@ -146,6 +155,7 @@ def train(stores: list[str], run: str | Path, config: TrainConfig,
     model = DistillNeRFStudent(config.model)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     dataset = StoreDataset(stores, config.loader(), storage_options=storage_options)
+    check_rig(dataset, config.model)
     loader = StoreLoader(dataset, num_workers=config.workers)
     step, resumed = 0, 0
     saved = checkpoints(run)

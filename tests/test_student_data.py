@@ -193,6 +193,7 @@ def test_each_frame_carries_its_own_data(store):
     for s in dataset:
         first = 2 * s["frame_index"]
         samples = np.array([first, first + 1])
+        assert s["sample_index"].tolist() == samples.tolist()
         assert np.all(s["teacher_depth"] == (samples + 1)[:, None, None])
         assert s["intrinsics"][:, 0, 0].tolist() == (100 + samples).tolist()
         assert s["next_intrinsics"][:, 0, 0].tolist() == (102 + samples).tolist()

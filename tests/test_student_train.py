@@ -105,3 +105,25 @@ def test_train_and_eval_from_the_command_line(store, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["checkpoint"].endswith("step_0000003.pt") and report["frames"] == 1
     assert main(["train", "--store", store, "--out", str(run), "--device", "cuda"]) == 2
+
+
+def test_eval_against_the_exact_depth_of_a_synthetic_dataset(small_dataset, small_store,
+                                                             tmp_path):
+    import math
+
+    from distillprep.student.evaluate import evaluate
+
+    config = replace(CONFIG, steps=1, resize=(64, 36),
+                     losses=LossConfig(teacher_depth=0.0, virtual=0.0))
+    with pytest.raises(ConfigError, match="6 cameras .* 2 slots"):
+        train([str(small_store)], tmp_path / "run", config)
+    config = replace(config, model=replace(config.model, cameras=6))
+    train([str(small_store)], tmp_path / "run", config)
+    report = evaluate([str(small_store)], tmp_path / "run", scenes=("scene-0002",),
+                      truth=small_dataset)
+    assert report["frames"] == 2
+    assert math.isfinite(report["depth_exact_abs_rel"]) and 0 < report["depth_exact_abs_rel"]
+    assert "depth_teacher_abs_rel" not in report
+    with pytest.raises(ConfigError, match="no ground-truth depth"):
+        evaluate([str(small_store)], tmp_path / "run", scenes=("scene-0002",),
+                 truth=tmp_path)

@@ -23,7 +23,8 @@ pipes; convert on the device).
 K is 1 with `virtual="random"` (one view per camera drawn from the seed, the epoch and
 the frame, as DistillNeRF draws one of {left, up, right}), else the most views a camera
 of the selection has, padded (`virtual_valid` false). Every sample also carries
-`scene_id`, `frame_index` and `timestamp_us`. Sky masks are not part of the store's
+`scene_id`, `frame_index`, `timestamp_us` and `sample_index` (C,), the cameras' rows in
+the store (and its manifest). Sky masks are not part of the store's
 schema, so no field gives them.
 """
 

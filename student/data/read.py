@@ -114,7 +114,9 @@ class FrameReader:
         own = range(frame.first_sample, frame.first_sample + cams)
         where = f"store {self.plan.locations[frame.store]}, scene {frame.scene_id!r}"
         sample: dict[str, Any] = {"scene_id": frame.scene_id, "frame_index": frame.frame_index,
-                                  "timestamp_us": frame.timestamp_us}
+                                  "timestamp_us": frame.timestamp_us,
+                                  "sample_index": np.arange(frame.first_sample,
+                                                            frame.first_sample + cams)}
         for field in self.config.fields:
             if field in ("rgb", "next_rgb"):
                 rows = own if field == "rgb" else range(frame.next_first_sample,
