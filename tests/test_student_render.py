@@ -116,3 +116,19 @@ def test_lifted_features_land_in_the_voxel_of_their_depth():
     row = [i for i, v in enumerate(fine.indices.tolist()) if v[1:] == cell.tolist()]
     assert len(row) == 1 and fine.features[row[0]].tolist() == [7.0, 5.0]
     assert len(coarse.indices) <= len(fine.indices) <= 40
+
+
+def test_dense_and_sorted_lookups_agree():
+    g = torch.Generator().manual_seed(1)
+    cells = torch.unique(torch.randint(0, 32, (500, 3), generator=g), dim=0)
+    batch = torch.randint(0, 2, (len(cells), 1), generator=g)
+    voxels = SparseVoxels(torch.randn(len(cells), 3, dtype=torch.float64),
+                          torch.cat([batch, cells], 1).int(), (32, 32, 32), 2)
+    dense, sparse = Level.of(voxels), Level.of(voxels, dense=False)
+    assert dense.grid is not None and sparse.grid is None
+    points = torch.rand(4000, 3, generator=g, dtype=torch.float64) * 2 - 1
+    items = torch.randint(0, 2, (4000,), generator=g)
+    (row_a, found_a), (row_b, found_b) = dense.lookup(points, items), sparse.lookup(points,
+                                                                                    items)
+    assert torch.equal(found_a, found_b) and found_a.any() and not found_a.all()
+    assert torch.equal(row_a[found_a], row_b[found_b])

@@ -4,8 +4,9 @@ lifted points mean-pooled into two levels, and queried at sample points with the
 the coarse level's elsewhere, and empty space where neither does).
 
 A level is `SparseVoxels` (`sparse_conv.py`) whose last feature channel is the density
-logit. Looking a point up needs no dense index grid (512^3 would be 512 MB of int32):
-the occupied voxels' linear keys are kept sorted and searched (`torch.searchsorted`).
+logit. A level small enough has a dense grid of voxel rows for lookups; a larger one (512^3
+would be 512 MB of int32) keeps its occupied voxels' linear keys sorted and searches them
+(`torch.searchsorted`).
 Voxel (z, y, x) of a level of resolution n covers contracted coordinates
 [-1 + 2 i / n, -1 + 2 (i + 1) / n) along each axis, indices in (z, y, x) order of the
 point's (x, y, z) reversed, as spconv's indices are.
@@ -49,22 +50,36 @@ def _keys(batch: torch.Tensor, cells: torch.Tensor, resolution: int) -> torch.Te
     return ((batch.long() * n + cells[..., 0]) * n + cells[..., 1]) * n + cells[..., 2]
 
 
+DENSE_LOOKUP_CELLS = 2 ** 24
+"""Levels of at most this many cells (batch x n^3) get a dense index grid (int32, 64 MB
+at most): a lookup is one read instead of a binary search. Official sizes: 128^3 does,
+512^3 does not."""
+
+
 @dataclass(frozen=True)
 class Level:
-    """One level, ready for lookups: its voxels' keys sorted."""
+    """One level, ready for lookups: its voxels' keys sorted, and for small levels a
+    dense grid of rows (-1: no voxel)."""
 
     voxels: SparseVoxels
     keys: torch.Tensor
     """(N,) sorted linear keys."""
     order: torch.Tensor
     """(N,) row of each sorted key in `voxels`."""
+    grid: torch.Tensor | None = None
+    """(batch * n^3,) int32 row of every cell, -1 where no voxel is; None: too large."""
 
     @staticmethod
-    def of(voxels: SparseVoxels) -> Level:
+    def of(voxels: SparseVoxels, dense: bool = True) -> Level:
         cells = voxels.indices[:, 1:].long()
         keys = _keys(voxels.indices[:, 0], cells, voxels.spatial_shape[0])
         keys, order = torch.sort(keys)
-        return Level(voxels, keys, order)
+        size = voxels.batch_size * voxels.spatial_shape[0] ** 3
+        grid = None
+        if dense and size <= DENSE_LOOKUP_CELLS:
+            grid = torch.full((size,), -1, dtype=torch.int32, device=keys.device)
+            grid[keys] = order.int()
+        return Level(voxels, keys, order, grid)
 
     def lookup(self, coords: torch.Tensor, batch: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +87,14 @@ class Level:
         points (..., 3) of batch items (...,)."""
         keys = _keys(batch, voxel_of(coords, self.voxels.spatial_shape[0]),
                      self.voxels.spatial_shape[0])
+        if self.grid is not None:
+            row = self.grid[keys].long()
+            return row.clamp(min=0), row >= 0
+        return self._lookup_sorted(keys)
+
+    def _lookup_sorted(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same by binary search over the sorted keys (large levels; the reference
+        of the dense grid in the tests)."""
         if len(self.keys) == 0:
             return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
         at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
