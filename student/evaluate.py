@@ -6,7 +6,8 @@ dense depth. Scenes default to the run's held-out side of the split.
 
 With `truth` (the dataroot of a synthetic dataset the store was ingested from), also
 depth against the exact ground truth the generator wrote beside each image (what no
-published evaluation can give). Not here yet: foundation-feature PSNR, the CLIP query.
+published evaluation can give). A run trained with a foundation-feature head is scored
+against the DINOv2 features (cosine, PSNR). Not here yet: the CLIP query.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
             if truth is not None:
                 exact = _exact_depth(dataset, truth, batch, scene["size"], sources)
                 _depth(rows, "depth_exact", own["depth"], torch.from_numpy(exact))
+            if "features" in own and "dino_features" in batch:
+                _features(rows, "features_dino", own["features"], batch["dino_features"][0])
             if "teacher_depth" in batch:
                 teacher = F.interpolate(batch["teacher_depth"][0].float()[:, None],
                                         size=scene["size"], mode="nearest")[:, 0]
@@ -107,6 +110,20 @@ def _images(rows: dict, name: str, pred: torch.Tensor, target: torch.Tensor) -> 
     rows.setdefault(f"{name}_psnr", []).append(psnr(p, t))
     rows.setdefault(f"{name}_ssim", []).append(float(np.mean([ssim(a, b)
                                                               for a, b in zip(p, t, strict=True)])))
+
+
+def _features(rows: dict, name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+    """Rendered features (T, C, h, w) against the PCA-reduced teacher's (T, C, hf, wf),
+    resampled to the render size: mean per-pixel cosine, and PSNR after scaling both by
+    the target's range (as the official code scores features with its image PSNR)."""
+    target = F.interpolate(target.float(), size=pred.shape[-2:], mode="bilinear",
+                           align_corners=False)
+    rows.setdefault(f"{name}_cosine", []).append(
+        float(F.cosine_similarity(pred, target, dim=1).mean()))
+    lo, hi = float(target.min()), float(target.max())
+    span = max(hi - lo, 1e-6)
+    rows.setdefault(f"{name}_psnr", []).append(
+        psnr(((pred - lo) / span).clamp(0, 1).numpy(), ((target - lo) / span).numpy()))
 
 
 def _depth(rows: dict, name: str, pred: torch.Tensor, gt: torch.Tensor) -> None:

@@ -127,3 +127,17 @@ def test_eval_against_the_exact_depth_of_a_synthetic_dataset(small_dataset, smal
     with pytest.raises(ConfigError, match="no ground-truth depth"):
         evaluate([str(small_store)], tmp_path / "run", scenes=("scene-0002",),
                  truth=tmp_path)
+
+
+def test_a_feature_head_is_trained_and_scored_on_the_dino_features(store, tmp_path):
+    import math
+
+    from distillprep.student.evaluate import evaluate
+
+    config = replace(CONFIG, steps=2, model=replace(CONFIG.model, foundation_channels=2))
+    assert "dino_features" in config.fields()
+    result = train([store], tmp_path / "run", config)
+    assert "dino_features" in result.last_losses
+    report = evaluate([store], tmp_path / "run", scenes=("scene-a",))
+    assert -1 <= report["features_dino_cosine"] <= 1
+    assert math.isfinite(report["features_dino_psnr"])
