@@ -132,3 +132,46 @@ def test_dense_and_sorted_lookups_agree():
                                                                                     items)
     assert torch.equal(found_a, found_b) and found_a.any() and not found_a.all()
     assert torch.equal(row_a[found_a], row_b[found_b])
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_located_samples_composite_as_the_plain_query_does(dense):
+    """`locate` + `composite_levels` (the renderer's path) equal `query` + `composite`:
+    density logits, composited features, and the gradients of both with respect to the
+    voxel features and the weights."""
+    from distillprep.student.model.voxels import composite_levels, locate
+    from distillprep.teachers.volume.compositing import composite
+
+    g = torch.Generator().manual_seed(2)
+
+    def level(n, count, channels):
+        cells = torch.unique(torch.randint(0, n, (count, 3), generator=g), dim=0)
+        batch = torch.randint(0, 2, (len(cells), 1), generator=g)
+        feats = torch.randn(len(cells), channels, dtype=torch.float64, generator=g)
+        return SparseVoxels(feats.requires_grad_(), torch.cat([batch, cells], 1).int(),
+                            (n, n, n), 2)
+
+    fine, coarse = level(16, 900, 4), level(8, 200, 3)
+    levels = (Level.of(fine, dense), Level.of(coarse, dense))
+    coords = torch.rand(50, 20, 3, generator=g, dtype=torch.float64) * 2 - 1
+    items = torch.randint(0, 2, (50, 1), generator=g).expand(-1, 20)
+    weights = torch.rand(50, 20, generator=g, dtype=torch.float64).requires_grad_()
+    feats, logit = query(levels, coords, items)
+    reference = composite(weights, feats)
+    samples = locate(levels, coords, items)
+    fast = composite_levels(levels, samples, weights)
+    assert torch.equal(samples.logit, logit)
+    assert (samples.logit != EMPTY_LOGIT).any() and (samples.logit == EMPTY_LOGIT).any()
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-12)
+    up = torch.randn(fast.shape, generator=g, dtype=torch.float64)
+    pick = torch.randn(logit.shape, generator=g, dtype=torch.float64)
+    args = (fine.features, coarse.features, weights)
+    want = torch.autograd.grad((reference * up).sum() + (logit * pick).sum(), args)
+    got = torch.autograd.grad((fast * up).sum() + (samples.logit * pick).sum(), args)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    nothing = SparseVoxels(torch.zeros(0, 4, dtype=torch.float64),
+                           torch.zeros(0, 4, dtype=torch.int32), (16, 16, 16), 2)
+    bare = (Level.of(nothing, dense), levels[1])
+    torch.testing.assert_close(composite_levels(bare, locate(bare, coords, items), weights),
+                               composite(weights, query(bare, coords, items)[0]))

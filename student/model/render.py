@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from distillprep.teachers.volume.compositing import composite, expected_depth, render_weights
+from distillprep.teachers.volume.compositing import expected_depth, render_weights
 
 from .depth import soft_clamp
 from .space import SpaceConfig, contract
-from .voxels import Level, query
+from .voxels import Level, composite_levels, locate
 
 DENSITY_CLAMP = 10.0
 """Soft clamp of a voxel's density logit before sigma = exp(logit - 1)."""
@@ -42,12 +42,13 @@ def density(logit: torch.Tensor) -> torch.Tensor:
 
 
 def _march(levels, origins, directions, batch, t, space):
-    """(weights, features) over the intervals between samples t (R, S) sorted."""
+    """(weights, where the samples fell, midpoints) over the intervals between samples
+    t (R, S) sorted."""
     mids = 0.5 * (t[:, 1:] + t[:, :-1])
     points = origins[:, None, :] + mids[..., None] * directions[:, None, :]
-    feats, logits = query(levels, contract(points, space), batch[:, None].expand_as(mids))
-    weights = render_weights(density(logits), t[:, :-1], t[:, 1:])
-    return weights, feats, mids
+    samples = locate(levels, contract(points, space), batch[:, None].expand_as(mids))
+    weights = render_weights(density(samples.logit), t[:, :-1], t[:, 1:])
+    return weights, samples, mids
 
 
 def render_rays(levels: tuple[Level, Level], origins: torch.Tensor,
@@ -70,7 +71,8 @@ def render_rays(levels: tuple[Level, Level], origins: torch.Tensor,
                - sampling.fine_samples // 2) * sampling.fine_spacing
     fine_t = (peak + offsets).clamp(0.0, space.far)
     t, _ = torch.sort(torch.cat([coarse_t, fine_t], dim=1), dim=1)
-    weights, feats, mids = _march(levels, origins, directions, batch, t, space)
+    weights, samples, mids = _march(levels, origins, directions, batch, t, space)
     return {"depth": expected_depth(weights, mids).clamp(1e-5, space.far),
-            "opacity": weights.sum(dim=1), "features": composite(weights, feats),
+            "opacity": weights.sum(dim=1),
+            "features": composite_levels(levels, samples, weights),
             "weights": weights, "t": mids}

@@ -101,9 +101,71 @@ class Level:
         return self.order[at], self.keys[at] == keys
 
 
+def cell_keys(coords: torch.Tensor, batch: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(...,) linear keys of the voxels holding contracted points (..., 3) of batch items
+    (...,): `_keys(batch, voxel_of(coords, n), n)` without the flipped copy."""
+    n = resolution
+    cell = torch.floor((coords.clamp(-1.0, 1.0 - 1e-7) + 1.0) * (n / 2.0)).long()
+    return ((batch.long() * n + cell[..., 2]) * n + cell[..., 1]) * n + cell[..., 0]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Where sample points fall in the levels (`locate`): per level the voxel row of
+    each sample (R, S) and whether a voxel holds it, and the density logit (R, S) with
+    the density complement applied."""
+
+    rows: tuple[torch.Tensor, torch.Tensor]
+    found: tuple[torch.Tensor, torch.Tensor]
+    logit: torch.Tensor
+
+
+def locate(levels: tuple[Level, Level], coords: torch.Tensor, batch: torch.Tensor,
+           ) -> Samples:
+    """The fast path of `query`'s density: contracted points (R, S, 3) of batch items
+    (R, S); features are composited from the rows later (`composite_levels`) instead of
+    gathered for every sample here."""
+    logit = torch.full(coords.shape[:-1], EMPTY_LOGIT, dtype=coords.dtype,
+                       device=coords.device)
+    rows, founds = [], []
+    for level in reversed(levels):  # coarse first: the fine level overrides it
+        n = level.voxels.spatial_shape[0]
+        keys = cell_keys(coords, batch, n)
+        if level.grid is not None:
+            row = level.grid[keys].long()
+            row, found = row.clamp(min=0), row >= 0
+        else:
+            row, found = level._lookup_sorted(keys)
+        table = level.voxels.features
+        if len(table):
+            value = table[:, -1].index_select(0, row.reshape(-1)).reshape(row.shape)
+            logit = torch.where(found, value, logit)
+        rows.insert(0, row)
+        founds.insert(0, found)
+    return Samples((rows[0], rows[1]), (founds[0], founds[1]), logit)
+
+
+def composite_levels(levels: tuple[Level, Level], samples: Samples,
+                     weights: torch.Tensor) -> torch.Tensor:
+    """(R, C_fine - 1 + C_coarse - 1) sum over samples of weight (R, S) times the
+    features `query` gives there, level by level (a batched matmul over gathered rows;
+    no (R, S, C) concatenation)."""
+    out = []
+    for level, row, found in zip(levels, samples.rows, samples.found, strict=True):
+        table = level.voxels.features[:, :-1]
+        if not len(table):
+            out.append(weights.new_zeros((len(weights), table.shape[1])))
+            continue
+        gathered = table.index_select(0, row.reshape(-1)).reshape(*row.shape, -1)
+        w = torch.where(found, weights, torch.zeros_like(weights))
+        out.append(torch.bmm(w[:, None, :], gathered)[:, 0])
+    return torch.cat(out, dim=-1)
+
+
 def query(levels: tuple[Level, Level], coords: torch.Tensor, batch: torch.Tensor,
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (..., C_fine - 1 + C_coarse - 1), density logit (...,)) at contracted
+    """The plain reference of `locate` and `composite_levels`: (features (..., C_fine - 1
+    + C_coarse - 1), density logit (...,)) at contracted
     points (..., 3): both levels' features side by side (zeros where a level has no
     voxel), the density of the fine level where it has a voxel, else the coarse one's,
     else EMPTY_LOGIT."""
