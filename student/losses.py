@@ -41,6 +41,14 @@ class LossConfig:
     """Teacher depths under this (m) are normalised by it, the others by teacher_far."""
     teacher_far: float = 120.0
     """Far plane (m): teacher depths are clamped to it."""
+    sky_opacity: float = 0.5
+    """Teacher pixels under this opacity are sky (what its sky head paints, no surface)."""
+    sky_depth: float = 115.0
+    """Depth target (m) of sky pixels (official: the far plane less 5 m, from sky masks)."""
+    lidar_sky: bool = True
+    """Pixels without a LiDAR return that the teacher sees as sky take sky_depth in the
+    LiDAR target too (official: sky masks fill the LiDAR target in every variant, with or
+    without depth distillation); needs the teacher's opacity."""
 
 
 def _mse_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -67,6 +75,27 @@ def teacher_depth_loss(pred: torch.Tensor, teacher: torch.Tensor,
     near = t < inner
     return (_mse_l1(p / inner, t / inner, valid & near)
             + _mse_l1(p / far, t / far, valid & ~near))
+
+
+def teacher_target(depth: torch.Tensor, opacity: torch.Tensor | None,
+                   config: LossConfig) -> torch.Tensor:
+    """The teacher's depth (...) m as a target: `sky_depth` where its opacity (...) says
+    sky. DistillNeRF takes sky from segmentation masks (PointRend and EmerNeRF's); the
+    stores hold none, and the teacher's own opacity is what its sky head left unexplained."""
+    if opacity is None:
+        return depth
+    return torch.where(opacity < config.sky_opacity,
+                       torch.full_like(depth, config.sky_depth), depth)
+
+
+def lidar_target(lidar: torch.Tensor, sky: torch.Tensor | None,
+                 config: LossConfig) -> torch.Tensor:
+    """LiDAR depth (...) m (0: no return) with `sky_depth` on the pixels without a return
+    where `sky` (...) bool says sky (None: none known)."""
+    if sky is None:
+        return lidar
+    empty = torch.nan_to_num(lidar) <= 0
+    return torch.where(empty & sky, torch.full_like(lidar, config.sky_depth), lidar)
 
 
 def entropy_loss(weights: torch.Tensor) -> torch.Tensor:

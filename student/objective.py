@@ -17,8 +17,10 @@ from .losses import (
     entropy_loss,
     feature_loss,
     lidar_depth_loss,
+    lidar_target,
     opacity_loss,
     teacher_depth_loss,
+    teacher_target,
 )
 from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
 
@@ -60,11 +62,14 @@ def objective(model: DistillNeRFStudent, batch: dict, losses: LossConfig, item: 
     depths = {"render": out["depth"], "coarse": scene["coarse_depth"]}
     if losses.lidar_depth and "lidar_depth" in batch:
         lidar = sparse_min_pool(batch["lidar_depth"][item], 2)
+        if losses.lidar_sky and "teacher_opacity" in batch:
+            opacity = F.interpolate(batch["teacher_opacity"][item].float()[:, None],
+                                    size=(h, w), mode="nearest")[:, 0]
+            lidar = lidar_target(lidar, opacity < losses.sky_opacity, losses)
         terms["lidar_depth"] = losses.lidar_depth * sum(
             lidar_depth_loss(d, lidar, losses) for d in depths.values())
     if losses.teacher_depth and "teacher_depth" in batch:
-        teacher = F.interpolate(batch["teacher_depth"][item].float()[:, None], size=(h, w),
-                                mode="nearest")[:, 0]
+        teacher = teacher_depth_target(batch, "teacher", item, (h, w), losses, ...)
         terms["teacher_depth"] = losses.teacher_depth * sum(
             teacher_depth_loss(d, teacher, losses) for d in depths.values())
     if losses.entropy:
@@ -86,6 +91,20 @@ def objective(model: DistillNeRFStudent, batch: dict, losses: LossConfig, item: 
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
+def teacher_depth_target(batch: dict, kind: str, item: int, size: tuple[int, int],
+                         losses: LossConfig, pick) -> torch.Tensor:
+    """(T, h, w) teacher depth target of the `kind` ("teacher" or "virtual") views at the
+    render size (nearest pixel), sky where the teacher's opacity says so (when loaded);
+    `pick` indexes the frame's views (Ellipsis: all)."""
+    def at_size(name):
+        if name not in batch:
+            return None
+        return F.interpolate(batch[name][item][pick].float()[:, None], size=size,
+                             mode="nearest")[:, 0]
+
+    return teacher_target(at_size(f"{kind}_depth"), at_size(f"{kind}_opacity"), losses)
+
+
 def _virtual_terms(model, batch, item, inputs, scene, losses, generator) -> dict:
     """The virtual cameras' targets (one per camera, `LoaderConfig.virtual="random"`):
     their teacher-rendered RGB and depth, the same losses as the real views, weighted by
@@ -105,8 +124,7 @@ def _virtual_terms(model, batch, item, inputs, scene, losses, generator) -> dict
         terms["virtual_rgb_l1"] = losses.virtual * losses.rgb_l1 * F.l1_loss(out["rgb"],
                                                                              target)
     if losses.teacher_depth and "virtual_depth" in batch:
-        depth = F.interpolate(batch["virtual_depth"][item][valid, 0].float()[:, None],
-                              size=(h, w), mode="nearest")[:, 0]
+        depth = teacher_depth_target(batch, "virtual", item, (h, w), losses, (valid, 0))
         terms["virtual_teacher_depth"] = (losses.virtual * losses.teacher_depth
                                           * teacher_depth_loss(out["depth"], depth, losses))
     return terms

@@ -51,13 +51,18 @@ class TrainConfig:
     split: Literal["all", "train", "val"] = "train"
     """Scene split the run trains on (whole scenes; `LoaderConfig.split`)."""
     val_fraction: float = 0.1
-    """Share of scenes held out (`LoaderConfig.val_fraction`)."""
+    """Share of scenes held out (`LoaderConfig.val_fraction`) when val_scenes is None."""
+    val_scenes: tuple[str, ...] | None = None
+    """Scene ids held out of training (None: drawn by val_fraction); eval defaults to them."""
     workers: int = 0
     """DataLoader workers."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and at the last step)."""
     preview_every: int = 0
     """Steps between PNG previews (0: none)."""
+    features: Literal["dino", "clip"] = "dino"
+    """Foundation-model features the feature head distils (with
+    model.foundation_channels > 0: the width of that family's PCA)."""
     model: StudentConfig = field(default_factory=StudentConfig)
     """The student's sizes."""
     losses: LossConfig = field(default_factory=LossConfig)
@@ -69,16 +74,23 @@ class TrainConfig:
         if self.losses.lidar_depth:
             fields.append("lidar_depth")
         if self.losses.teacher_depth:
-            fields.append("teacher_depth")
+            fields += ["teacher_depth", "teacher_opacity"]
+        elif self.losses.lidar_depth and self.losses.lidar_sky:
+            fields.append("teacher_opacity")
         if self.losses.features and self.model.foundation_channels:
-            fields.append("dino_features")
+            fields.append(f"{self.features}_features")
         if self.losses.virtual:
-            fields += ["virtual_rgb", "virtual_depth"]
+            fields += ["virtual_rgb", "virtual_depth", "virtual_opacity"]
         return tuple(fields)
+
+    def __post_init__(self) -> None:
+        if self.features not in ("dino", "clip"):
+            raise ConfigError(f"TrainConfig.features = {self.features!r}: use dino or clip")
 
     def loader(self) -> LoaderConfig:
         return LoaderConfig(fields=self.fields(), resize=self.resize, split=self.split,
-                            val_fraction=self.val_fraction, seed=self.seed)
+                            val_fraction=self.val_fraction, val_scenes=self.val_scenes,
+                            seed=self.seed)
 
 
 @dataclass
@@ -112,11 +124,23 @@ def _config_json(config: TrainConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
+def _same_config(saved: str | None, config: TrainConfig) -> bool:
+    """Whether a checkpoint's config is `config`, compared as values with this version's
+    defaults filled in (a weight written 0 is 0.0; a field added since takes its default)."""
+    from distillprep.teachers.nerf.config_io import from_dict
+
+    try:
+        old = from_dict(TrainConfig, json.loads(saved), "checkpoint config")
+    except (ConfigError, TypeError, ValueError):
+        return False
+    return json.loads(_config_json(old)) == json.loads(_config_json(config))
+
+
 def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
     """A checkpoint's contents (`weights_only=True`); with `config`, refused unless it was
     written by a run of the same config (run length aside)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if config is not None and state.get("config") != _config_json(config):
+    if config is not None and not _same_config(state.get("config"), config):
         raise ConfigError(f"checkpoint {path} was written by a run of another config; "
                           "train into a new folder, or use that run's config")
     return state

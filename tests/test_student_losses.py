@@ -69,3 +69,27 @@ def test_depth_is_evaluated_up_to_80_m():
     m = eval_depth(pred, gt)
     assert m["pixels"] == 2
     assert m["abs_rel"] == pytest.approx((0.1 + 60 / 20) / 2)  # 200 m clipped to 80
+
+
+def test_the_teachers_sky_becomes_the_far_target():
+    """Pixels the teacher leaves transparent (its sky) take `sky_depth` (DistillNeRF's
+    far plane less 5 m); the others keep the teacher's depth; without opacity, all do."""
+    from distillprep.student.losses import teacher_target
+
+    depth = torch.tensor([[3.0, 0.75, 40.0, 12.0]])
+    opacity = torch.tensor([[1.0, 0.1, 0.6, 0.49]])
+    config = LossConfig()
+    assert teacher_target(depth, opacity, config).tolist() == [[3.0, 115.0, 40.0, 115.0]]
+    assert torch.equal(teacher_target(depth, None, config), depth)
+    far = LossConfig(sky_depth=100.0, sky_opacity=0.05)
+    assert teacher_target(depth, opacity, far).tolist() == [[3.0, 0.75, 40.0, 12.0]]
+
+
+def test_empty_lidar_pixels_on_the_sky_take_the_far_target():
+    from distillprep.student.losses import lidar_target
+
+    lidar = torch.tensor([[0.0, 5.0, 0.0, float("nan")]])
+    sky = torch.tensor([[True, True, False, True]])
+    assert lidar_target(lidar, sky, CONFIG)[0, :3].tolist() == [115.0, 5.0, 0.0]
+    assert lidar_target(lidar, sky, CONFIG)[0, 3] == 115.0
+    assert lidar_target(lidar, None, CONFIG) is lidar

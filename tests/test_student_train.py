@@ -59,8 +59,11 @@ def test_depth_distillation_needs_teacher_depth(tmp_path):
     bare = build_loader_store(tmp_path / "bare.zarr", {"scene-x": 3}, teacher=False)
     with pytest.raises(LoaderError, match="teacher_depth.*stage teacher has not run"):
         train([str(bare)], tmp_path / "run", CONFIG)
+    with pytest.raises(LoaderError, match="teacher_opacity.*stage teacher has not run"):
+        train([str(bare)], tmp_path / "run", replace(CONFIG, losses=LossConfig(
+            teacher_depth=0.0, virtual=0.0)))  # the LiDAR target's sky comes from it
     off = replace(CONFIG, steps=2, preview_every=2,
-                  losses=LossConfig(teacher_depth=0.0, virtual=0.0))
+                  losses=LossConfig(teacher_depth=0.0, virtual=0.0, lidar_sky=False))
     result = train([str(bare)], tmp_path / "run", off)
     assert "teacher_depth" not in result.last_losses
     assert (tmp_path / "run" / "previews" / "step_0000002.png").exists()
@@ -114,7 +117,7 @@ def test_eval_against_the_exact_depth_of_a_synthetic_dataset(small_dataset, smal
     from distillprep.student.evaluate import evaluate
 
     config = replace(CONFIG, steps=1, resize=(64, 36),
-                     losses=LossConfig(teacher_depth=0.0, virtual=0.0))
+                     losses=LossConfig(teacher_depth=0.0, virtual=0.0, lidar_sky=False))
     with pytest.raises(ConfigError, match="6 cameras .* 2 slots"):
         train([str(small_store)], tmp_path / "run", config)
     config = replace(config, model=replace(config.model, cameras=6))
