@@ -3,6 +3,7 @@ paper's metrics of a run or checkpoint on held-out scenes)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .cli_common import add_scene_argument, add_storage_option_argument, emit, storage_options
@@ -90,6 +91,14 @@ def add_eval(sub) -> None:
     p.add_argument("--truth", type=Path, default=None, metavar="DATAROOT",
                    help="the synthetic dataset the store was ingested from: also score "
                    "depth against its exact ground truth")
+    p.add_argument("--query", default=None, metavar="TEXT",
+                   help="a text asked of the student's rendered CLIP features (a run "
+                   "distilling CLIP): agreement with the CLIP teacher's answer")
+    p.add_argument("--clip-weights", type=Path, default=None,
+                   help="the CLIP checkpoint the store's features were made with (default: "
+                   "<model>.pth in $DISTILLPREP_WEIGHTS_DIR; not needed for random-init)")
+    p.add_argument("--png", type=Path, default=None,
+                   help="folder for the query's overlays (student above teacher)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_eval)
 
@@ -98,13 +107,45 @@ def run_eval(args) -> int:
     from distillprep.student.evaluate import evaluate
 
     report = evaluate(args.stores, args.ckpt, tuple(args.scenes) if args.scenes else None,
-                      storage_options(args), truth=args.truth)
+                      storage_options(args), truth=args.truth, query=args.query,
+                      clip_weights=args.clip_weights, png=args.png)
     lines = [f"{report['checkpoint']}: {report['frames']} frame(s) of "
              f"{len(report['scenes'])} scene(s)"]
     lines += [f"  {k}: {v:.4g}" for k, v in report.items()
               if isinstance(v, float) and k != "seconds_per_frame"]
-    emit(args, report, "\n".join(lines))
+    if report.get("query", {}).get("random_init"):
+        print("distillprep eval: WARNING: the store's CLIP features come from RANDOM "
+              "weights: the query's maps show nothing meaningful", file=sys.stderr)
+    emit(args, report, "\n".join(lines + report.get("query", {}).get("pngs", [])))
     return 0
 
 
-COMMANDS = (add_train, add_eval)
+def add_infer(sub) -> None:
+    p = sub.add_parser("infer", help="render one frame with a trained student: time per "
+                       "frame, RGB / depth PNGs and .npy outputs")
+    _add_stores(p)
+    p.add_argument("--ckpt", required=True, type=Path,
+                   help="a checkpoint, or a run folder (its latest checkpoint)")
+    p.add_argument("--scene", required=True, help="scene id")
+    p.add_argument("--frame", type=int, default=0, help="frame index in the scene")
+    p.add_argument("--out", type=Path, default=None, help="folder for the outputs")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="timed passes after a warm-up (their mean is reported)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_infer)
+
+
+def run_infer(args) -> int:
+    from distillprep.student.infer import infer
+
+    report = infer(args.stores, args.ckpt, args.scene, args.frame, args.out,
+                   storage_options(args), repeat=args.repeat)
+    emit(args, report, f"{args.scene} frame {args.frame}: {len(report['cameras'])} cameras "
+                       f"in {report['seconds_per_frame']:.3f} s per frame "
+                       f"(render {report['render_size'][1]}x{report['render_size'][0]}, "
+                       f"RGB {report['rgb_size'][1]}x{report['rgb_size'][0]})"
+                       + "".join(f"\n  {f}" for f in report["files"]))
+    return 0
+
+
+COMMANDS = (add_train, add_eval, add_infer)

@@ -25,7 +25,8 @@ from distillprep.scenes.errors import ConfigError
 from .data import StoreDataset, StoreLoader
 from .metrics import eval_depth, psnr, ssim
 from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
-from .objective import frame_inputs, sparse_min_pool
+from .objective import frame_inputs, sparse_min_pool, teacher_depth_target
+from .query import prepare_query, score_frame, write_overlays
 from .train import TrainConfig, check_rig, checkpoints, load_checkpoint
 
 
@@ -56,31 +57,48 @@ def load_student(path: str | Path) -> tuple[DistillNeRFStudent, TrainConfig, Pat
     return model.eval(), config, file
 
 
+def render_frame(model: DistillNeRFStudent, batch: dict) -> tuple[dict, dict, dict, float]:
+    """(inputs, scene, the frame's own cameras rendered, seconds) of a loader batch's
+    first frame: encoding and rendering timed together (per-frame inference time)."""
+    start = time.perf_counter()
+    inputs = frame_inputs(batch)
+    scene = model.encode(inputs["images"], inputs["intrinsics"], inputs["cam_to_ref"])
+    own = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
+                       inputs["cam_to_ref"], torch.arange(len(inputs["images"])),
+                       scene["size"])
+    return inputs, scene, own, time.perf_counter() - start
+
+
 def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] | None = None,
-             storage_options: dict | None = None, truth: str | Path | None = None) -> dict:
+             storage_options: dict | None = None, truth: str | Path | None = None,
+             query: str | None = None, clip_weights: Path | None = None,
+             png: Path | None = None) -> dict:
     """Mean metrics over the frames of `scenes` (default: the run's validation scenes);
-    `truth`: a synthetic dataroot whose exact depth the renders are also scored on."""
+    `truth`: a synthetic dataroot whose exact depth the renders are also scored on;
+    `query`: a text asked of the student's rendered CLIP features (`query.py`: its
+    agreement with the CLIP teacher's answer; overlays into `png`)."""
     model, config, file = load_student(checkpoint)
     fields = ("rgb", "intrinsics", "cam_to_world", "lidar_depth", "next_rgb",
               "next_intrinsics", "next_cam_to_world")
-    loader_config = replace(config.loader(), fields=fields + tuple(
-        f for f in config.fields() if f not in fields and not f.startswith("virtual")),
-        shuffle=False,
-        split="all" if scenes else "val", scenes=scenes)
+    features = tuple(f for f in config.fields() if f.endswith("_features"))
+    loader_config = replace(config.loader(), fields=fields + features, shuffle=False,
+                            split="all" if scenes else "val", scenes=scenes)
     dataset = StoreDataset(stores, loader_config, storage_options=storage_options)
+    if all("teacher" in stages for stages in dataset.plan.commits.values()):
+        # every scene has a teacher: score against its dense depth too
+        dataset = StoreDataset(stores, replace(loader_config, fields=loader_config.fields + (
+            "teacher_depth", "teacher_opacity")), storage_options=storage_options)
     check_rig(dataset, config.model)
+    asked = (prepare_query(dataset, config.features, query, clip_weights, png)
+             if query is not None else None)
     rows: dict[str, list[float]] = {}
     seconds = []
     sources: dict[str, list[str]] = {}
     with torch.no_grad():
         for batch in StoreLoader(dataset):
-            start = time.perf_counter()
-            inputs = frame_inputs(batch)
-            scene = model.encode(inputs["images"], inputs["intrinsics"], inputs["cam_to_ref"])
+            inputs, scene, own, spent = render_frame(model, batch)
+            seconds.append(spent)
             cams = torch.arange(len(inputs["images"]))
-            own = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
-                               inputs["cam_to_ref"], cams, scene["size"])
-            seconds.append(time.perf_counter() - start)
             nxt = batch["next_cam_to_world"][0].double().clone()
             nxt[:, :3, 3] -= inputs["centre"]
             novel = model.render(scene, scale_intrinsics(
@@ -93,15 +111,28 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
             if truth is not None:
                 exact = _exact_depth(dataset, truth, batch, scene["size"], sources)
                 _depth(rows, "depth_exact", own["depth"], torch.from_numpy(exact))
-            if "features" in own and "dino_features" in batch:
-                _features(rows, "features_dino", own["features"], batch["dino_features"][0])
+            family = f"{config.features}_features"
+            if "features" in own and family in batch:
+                _features(rows, f"features_{config.features}", own["features"],
+                          batch[family][0])
             if "teacher_depth" in batch:
-                teacher = F.interpolate(batch["teacher_depth"][0].float()[:, None],
-                                        size=scene["size"], mode="nearest")[:, 0]
+                teacher = teacher_depth_target(batch, "teacher", 0, scene["size"],
+                                               config.losses, ...)
                 _depth(rows, "depth_teacher", own["depth"], teacher)
+            if asked is not None and "features" in own:
+                score_frame(asked, own["features"], batch["clip_features"][0],
+                            inputs["images"], f"{batch['scene_id'][0]}_frame"
+                            f"{int(batch['frame_index'][0]):04d}")
     summary = {k: float(np.nanmean(v)) for k, v in rows.items()}
-    return {"checkpoint": str(file), "frames": len(dataset), "scenes": dataset.plan.scene_ids(),
-            "seconds_per_frame": float(np.mean(seconds)) if seconds else None, **summary}
+    report = {"checkpoint": str(file), "frames": len(dataset),
+              "scenes": dataset.plan.scene_ids(),
+              "seconds_per_frame": float(np.mean(seconds)) if seconds else None, **summary}
+    if asked is not None:
+        report["query_agreement"] = (float(np.mean(asked.agreement)) if asked.agreement
+                                     else float("nan"))
+        report["query"] = {"text": query, "random_init": asked.random_init,
+                           "pngs": write_overlays(asked)}
+    return report
 
 
 def _images(rows: dict, name: str, pred: torch.Tensor, target: torch.Tensor) -> None:

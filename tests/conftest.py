@@ -19,6 +19,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="distillprep-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+# its start-up deadline (20 s by default) is missed on 2 busy cores
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # Prefect's local API logs its own shutdown at exit, after pytest closed its captures
 logging.raiseExceptions = False
 

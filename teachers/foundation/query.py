@@ -78,12 +78,12 @@ def scene_heatmaps(view: SceneView, text: np.ndarray, max_images: int) -> list[H
     return maps
 
 
-def query_store(store: Store, text: str, scene_ids: list[str] | None = None,
-                weights: Path | None = None, max_images: int = 12) -> QueryResult:
-    """Heat maps of `text` over the scenes' (all, or those named) CLIP features; the
-    weights must be those the features were made with (checked by SHA-256)."""
-    views = [store.scene(s) for s in (scene_ids or store.scenes())]
-    records = {v.scene_id: v.provenance("clip_features") for v in views}
+def clip_text_embedding(store: Store, scene_ids: list[str], text: str,
+                        weights: Path | None = None) -> tuple[np.ndarray, bool]:
+    """(the CLIP text embedding (D,) of `text` by the model the scenes' CLIP features were
+    made with, whether that model's weights were random); the weights must be those the
+    features were made with (checked by SHA-256), the scenes' features of one run."""
+    records = {s: store.scene(s).provenance("clip_features") for s in scene_ids}
     missing = [s for s, r in records.items() if r is None]
     if missing:
         raise FeatureRunError(f"store {store.location.location}: scene(s) {missing} have no "
@@ -103,10 +103,25 @@ def query_store(store: Store, text: str, scene_ids: list[str] | None = None,
     with torch.inference_mode():
         embedding = encode_text(extractor.model, extractor.spec.architecture,
                                 [text])[0].float().numpy()
+    return embedding, config.random_init
+
+
+def query_store(store: Store, text: str, scene_ids: list[str] | None = None,
+                weights: Path | None = None, max_images: int = 12) -> QueryResult:
+    """Heat maps of `text` over the scenes' (all, or those named) CLIP features; the
+    weights must be those the features were made with (checked by SHA-256)."""
+    scene_ids = list(scene_ids or store.scenes())
+    embedding, random_init = clip_text_embedding(store, scene_ids, text, weights)
+    views = [store.scene(s) for s in scene_ids]
     maps = [m for view in views for m in scene_heatmaps(view, embedding, max_images)]
-    values = np.concatenate([m.similarity.ravel() for m in maps])
-    low, high = np.percentile(values, [1, 99])
-    return QueryResult(maps, float(low), float(high), config.random_init)
+    low, high = similarity_range([m.similarity for m in maps])
+    return QueryResult(maps, low, high, random_init)
+
+
+def similarity_range(maps: list[np.ndarray]) -> tuple[float, float]:
+    """(1st, 99th) percentile of the similarities of all maps: one colour scale."""
+    low, high = np.percentile(np.concatenate([m.ravel() for m in maps]), [1, 99])
+    return float(low), float(high)
 
 
 def overlay(heatmap: Heatmap, low: float, high: float, alpha: float = 0.55) -> np.ndarray:
