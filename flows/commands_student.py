@@ -53,12 +53,8 @@ def _train_config(args):
 def run_train(args) -> int:
     from tqdm import tqdm
 
-    from distillprep.scenes.errors import ConfigError
     from distillprep.student.train import train
 
-    if args.device != "cpu":
-        raise ConfigError("--device cuda: the student's CUDA path is not built yet (no GPU "
-                          "has been lent to test it); train on the CPU")
     config = _train_config(args)
     bar = None
 
@@ -72,7 +68,7 @@ def run_train(args) -> int:
             bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
 
     result = train(args.stores, args.out, config, storage_options(args), progress=progress,
-                   report=report)
+                   report=report, device=args.device)
     data = {"run": str(args.out), "steps": result.steps, "resumed_from": result.resumed_from,
             "checkpoint": str(result.checkpoint), "last_losses": result.last_losses}
     emit(args, data, f"{args.out}: {result.steps} steps (resumed from "
@@ -99,6 +95,7 @@ def add_eval(sub) -> None:
                    "<model>.pth in $DISTILLPREP_WEIGHTS_DIR; not needed for random-init)")
     p.add_argument("--png", type=Path, default=None,
                    help="folder for the query's overlays (student above teacher)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_eval)
 
@@ -108,7 +105,7 @@ def run_eval(args) -> int:
 
     report = evaluate(args.stores, args.ckpt, tuple(args.scenes) if args.scenes else None,
                       storage_options(args), truth=args.truth, query=args.query,
-                      clip_weights=args.clip_weights, png=args.png)
+                      clip_weights=args.clip_weights, png=args.png, device=args.device)
     lines = [f"{report['checkpoint']}: {report['frames']} frame(s) of "
              f"{len(report['scenes'])} scene(s)"]
     lines += [f"  {k}: {v:.4g}" for k, v in report.items()
@@ -131,6 +128,7 @@ def add_infer(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="folder for the outputs")
     p.add_argument("--repeat", type=int, default=1,
                    help="timed passes after a warm-up (their mean is reported)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_infer)
 
@@ -139,7 +137,7 @@ def run_infer(args) -> int:
     from distillprep.student.infer import infer
 
     report = infer(args.stores, args.ckpt, args.scene, args.frame, args.out,
-                   storage_options(args), repeat=args.repeat)
+                   storage_options(args), repeat=args.repeat, device=args.device)
     emit(args, report, f"{args.scene} frame {args.frame}: {len(report['cameras'])} cameras "
                        f"in {report['seconds_per_frame']:.3f} s per frame "
                        f"(render {report['render_size'][1]}x{report['render_size'][0]}, "

@@ -25,9 +25,9 @@ from distillprep.scenes.errors import ConfigError
 from .data import StoreDataset, StoreLoader
 from .metrics import eval_depth, psnr, ssim
 from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
-from .objective import frame_inputs, sparse_min_pool, teacher_depth_target
+from .objective import frame_inputs, sparse_min_pool, teacher_depth_target, to_device
 from .query import prepare_query, score_frame, write_overlays
-from .train import TrainConfig, check_rig, checkpoints, load_checkpoint
+from .train import TrainConfig, check_device, check_rig, checkpoints, load_checkpoint
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -43,8 +43,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_student(path: str | Path) -> tuple[DistillNeRFStudent, TrainConfig, Path]:
-    """The student of a checkpoint (or a run's latest) and its run's config."""
+def load_student(path: str | Path, device: str = "cpu",
+                 ) -> tuple[DistillNeRFStudent, TrainConfig, Path]:
+    """The student of a checkpoint (or a run's latest) on `device`, and its run's config."""
     from distillprep.teachers.nerf.config_io import from_dict, read_config_data
 
     file = resolve_checkpoint(path)
@@ -54,30 +55,44 @@ def load_student(path: str | Path) -> tuple[DistillNeRFStudent, TrainConfig, Pat
     state = load_checkpoint(file, config)
     model = DistillNeRFStudent(config.model)
     model.load_state_dict(state["model"])
-    return model.eval(), config, file
+    return model.to(check_device(device)).eval(), config, file
+
+
+def _cpu(tensors: dict) -> dict:
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def render_frame(model: DistillNeRFStudent, batch: dict) -> tuple[dict, dict, dict, float]:
     """(inputs, scene, the frame's own cameras rendered, seconds) of a loader batch's
-    first frame: encoding and rendering timed together (per-frame inference time)."""
+    first frame (CPU tensors) on the model's device: encoding and rendering timed
+    together (per-frame inference time, the device synchronised); inputs and renders
+    come back on the CPU, the scene stays on the device."""
+    device = model.edges.device
+    _synchronize(device)
     start = time.perf_counter()
-    inputs = frame_inputs(batch)
+    inputs = frame_inputs(to_device(batch, device))
     scene = model.encode(inputs["images"], inputs["intrinsics"], inputs["cam_to_ref"])
     own = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
-                       inputs["cam_to_ref"], torch.arange(len(inputs["images"])),
-                       scene["size"])
-    return inputs, scene, own, time.perf_counter() - start
+                       inputs["cam_to_ref"],
+                       torch.arange(len(inputs["images"]), device=device), scene["size"])
+    _synchronize(device)
+    return _cpu(inputs), scene, _cpu(own), time.perf_counter() - start
 
 
 def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] | None = None,
              storage_options: dict | None = None, truth: str | Path | None = None,
              query: str | None = None, clip_weights: Path | None = None,
-             png: Path | None = None) -> dict:
+             png: Path | None = None, device: str = "cpu") -> dict:
     """Mean metrics over the frames of `scenes` (default: the run's validation scenes);
     `truth`: a synthetic dataroot whose exact depth the renders are also scored on;
     `query`: a text asked of the student's rendered CLIP features (`query.py`: its
     agreement with the CLIP teacher's answer; overlays into `png`)."""
-    model, config, file = load_student(checkpoint)
+    model, config, file = load_student(checkpoint, device)
     fields = ("rgb", "intrinsics", "cam_to_world", "lidar_depth", "next_rgb",
               "next_intrinsics", "next_cam_to_world")
     features = tuple(f for f in config.fields() if f.endswith("_features"))
@@ -98,11 +113,13 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
         for batch in StoreLoader(dataset):
             inputs, scene, own, spent = render_frame(model, batch)
             seconds.append(spent)
-            cams = torch.arange(len(inputs["images"]))
+            device = model.edges.device
+            cams = torch.arange(len(inputs["images"]), device=device)
             nxt = batch["next_cam_to_world"][0].double().clone()
             nxt[:, :3, 3] -= inputs["centre"]
-            novel = model.render(scene, scale_intrinsics(
-                batch["next_intrinsics"][0].float(), 0.5), nxt.float(), cams, scene["size"])
+            novel = _cpu(model.render(scene, scale_intrinsics(
+                batch["next_intrinsics"][0].float(), 0.5).to(device), nxt.float().to(device),
+                cams, scene["size"]))
             target = batch["next_rgb"][0].permute(0, 3, 1, 2).float() / 255.0
             _images(rows, "recon", own["rgb"], inputs["images"])
             _images(rows, "novel_view", novel["rgb"], target)

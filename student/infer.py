@@ -28,11 +28,11 @@ def _depth_png(depth: np.ndarray, far: float) -> np.ndarray:
 
 def infer(stores: list[str], checkpoint: str | Path, scene: str, frame: int,
           out: Path | None = None, storage_options: dict | None = None,
-          repeat: int = 1) -> dict:
+          repeat: int = 1, device: str = "cpu") -> dict:
     """Render frame `frame` of `scene`; seconds per frame = mean of `repeat` passes after
     a warm-up. With `out`: rgb_<camera>.png, depth_<camera>.png, depth.npy (C, h, w)
     metres along camera z, features.npy (C, F, h, w) when the run renders features."""
-    model, config, file = load_student(checkpoint)
+    model, config, file = load_student(checkpoint, device)
     fields = ("rgb", "intrinsics", "cam_to_world")
     dataset = StoreDataset(stores, replace(config.loader(), fields=fields, shuffle=False,
                                            split="all", scenes=(scene,)),
@@ -53,7 +53,7 @@ def infer(stores: list[str], checkpoint: str | Path, scene: str, frame: int,
             inputs, _, own, spent = render_frame(model, batch)
             seconds.append(spent)
     cameras = dataset.plan.cameras
-    report = {"checkpoint": str(file), "scene": scene, "frame": frame,
+    report = {"checkpoint": str(file), "scene": scene, "frame": frame, "device": device,
               "cameras": list(cameras), "seconds_per_frame": float(np.mean(seconds[1:])),
               "render_size": list(own["depth"].shape[-2:]),
               "rgb_size": list(own["rgb"].shape[-2:]), "files": []}

@@ -37,6 +37,11 @@ def frame_inputs(batch: dict, item: int = 0) -> dict[str, torch.Tensor]:
             "cam_to_ref": poses.float(), "centre": centre}
 
 
+def to_device(batch: dict, device: str | torch.device) -> dict:
+    """The batch with its tensors on `device` (names and ids stay as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def sparse_min_pool(depth: torch.Tensor, factor: int) -> torch.Tensor:
     """(N, H / f, W / f) nearest return of each f x f cell of sparse depth (N, H, W)
     (0 = none)."""
@@ -55,7 +60,8 @@ def objective(model: DistillNeRFStudent, batch: dict, losses: LossConfig, item: 
     h, w = scene["size"]
     cams = len(inputs["images"])
     out = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
-                       inputs["cam_to_ref"], torch.arange(cams), (h, w), generator)
+                       inputs["cam_to_ref"], torch.arange(cams, device=model.edges.device),
+                       (h, w), generator)
     terms: dict[str, torch.Tensor] = {}
     if losses.rgb_l1:
         terms["rgb_l1"] = losses.rgb_l1 * F.l1_loss(out["rgb"], inputs["images"])
@@ -116,8 +122,8 @@ def _virtual_terms(model, batch, item, inputs, scene, losses, generator) -> dict
     poses[:, :3, 3] -= inputs["centre"]
     k = scale_intrinsics(batch["virtual_intrinsics"][item][valid, 0].float(), 0.5)
     h, w = scene["size"]
-    out = model.render(scene, k, poses.float(), torch.nonzero(valid)[:, 0], (h, w),
-                       generator)
+    out = model.render(scene, k, poses.float(), torch.nonzero(valid)[:, 0].to(poses.device),
+                       (h, w), generator)
     terms = {}
     if losses.rgb_l1:
         target = batch["virtual_rgb"][item][valid, 0].permute(0, 3, 1, 2).float() / 255.0

@@ -29,7 +29,7 @@ from distillprep.teachers.nerf.config_io import to_dict
 from .data import LoaderConfig, StoreDataset, StoreLoader
 from .losses import LossConfig
 from .model.distillnerf import DistillNeRFStudent, StudentConfig, scale_intrinsics
-from .objective import frame_inputs, objective
+from .objective import frame_inputs, objective, to_device
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,16 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device named, refused when it is not there."""
+    out = torch.device(device)
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: torch sees no CUDA device here; use cpu")
+    if out.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: use cpu or cuda")
+    return out
+
+
 def check_rig(dataset: StoreDataset, model: StudentConfig) -> None:
     """Refuse stores whose rig has more cameras than the decoder has slots for."""
     cameras = dataset.plan.cameras
@@ -171,12 +181,15 @@ def _preview(path: Path, rgb: torch.Tensor, target: torch.Tensor, depth: torch.T
 def train(stores: list[str], run: str | Path, config: TrainConfig,
           storage_options: dict | None = None,
           progress: Callable[[Iterable], Iterable] | None = None,
-          report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train (or resume) a run in folder `run` on the stores' frames; `progress` wraps
-    the steps, `report(step, losses)` hears each step's losses."""
+          report: Callable[[int, dict[str, float]], None] | None = None,
+          device: str = "cpu") -> TrainResult:
+    """Train (or resume) a run in folder `run` on the stores' frames on `device` (cpu or
+    cuda; a run may resume on the other); `progress` wraps the steps, `report(step,
+    losses)` hears each step's losses."""
     run = Path(run)
+    where = check_device(device)
     torch.manual_seed(config.seed)
-    model = DistillNeRFStudent(config.model)
+    model = DistillNeRFStudent(config.model).to(where)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     dataset = StoreDataset(stores, config.loader(), storage_options=storage_options)
     check_rig(dataset, config.model)
@@ -202,7 +215,7 @@ def train(stores: list[str], run: str | Path, config: TrainConfig,
     batches = _forever(loader)
     try:
         for step in progress(steps) if progress else steps:
-            batch = next(batches)
+            batch = to_device(next(batches), where)
             optimiser.zero_grad()
             total, last = objective(model, batch, config.losses)
             total.backward()
@@ -240,6 +253,7 @@ def _preview_step(model: DistillNeRFStudent, batch: dict, path: Path) -> None:
         inputs = frame_inputs(batch)
         scene = model.encode(inputs["images"], inputs["intrinsics"], inputs["cam_to_ref"])
         out = model.render(scene, scale_intrinsics(inputs["intrinsics"], 0.5),
-                           inputs["cam_to_ref"], torch.arange(len(inputs["images"])),
+                           inputs["cam_to_ref"],
+                           torch.arange(len(inputs["images"]), device=model.edges.device),
                            scene["size"])
-    _preview(path, out["rgb"], inputs["images"], out["depth"])
+    _preview(path, out["rgb"].cpu(), inputs["images"].cpu(), out["depth"].cpu())

@@ -63,18 +63,22 @@ def out_spatial_shape(shape: tuple[int, int, int], kernel: int, stride: int,
 
 def rulebook(voxels: SparseVoxels, kernel: int, stride: int, padding: int,
              subm: bool) -> Rulebook:
-    """spconv's rulebook (its native algorithm, on the voxels' device) as plain pairs;
-    subm: outputs at the input voxels only (stride 1, padding kernel // 2)."""
+    """spconv's rulebook (its native algorithm) as plain pairs on the voxels' device;
+    subm: outputs at the input voxels only (stride 1, padding kernel // 2). Built on the
+    CPU whatever the device: the pairs' layout (the subm mirror below) is the one checked
+    here, and the CPU package cannot take CUDA tensors."""
     from spconv.core import ConvAlgo
     from spconv.pytorch import ops
 
     k = [kernel] * 3
+    device = voxels.indices.device
     out_inds, pairs, counts = ops.get_indice_pairs(
-        voxels.indices.int().contiguous(), voxels.batch_size, list(voxels.spatial_shape),
+        voxels.indices.int().contiguous().cpu(), voxels.batch_size, list(voxels.spatial_shape),
         ConvAlgo.Native, k, [stride] * 3, [padding] * 3, [1] * 3, [0] * 3, subm=subm)
     counts = counts.cpu().tolist()
+    out_inds, pairs = out_inds.to(device), pairs.to(device)
     volume, centre = kernel ** 3, kernel ** 3 // 2
-    rows = torch.arange(len(voxels.indices), device=voxels.indices.device)
+    rows = torch.arange(len(voxels.indices), device=device)
     out = []
     for i in range(volume):
         if subm and i == centre:
