@@ -18,6 +18,7 @@ from bench_flow import bench_flows
 from bench_loader import bench_loader
 from bench_store import bench_store
 from bench_student import bench_student
+from bench_student_ablation import bench_student_ablation
 from bench_teacher import bench_hash_grid
 from bench_teacher_fit import bench_teacher
 from bench_timing import best_of
@@ -100,6 +101,10 @@ def main() -> None:
         bench_flows(Path(tmp))
     bench_loader()
     bench_student()
+    # the distillation ablations on held-out scenes: fast by default, =full for ~1 hour,
+    # =off to skip
+    if os.environ.get("DISTILLPREP_BENCH_ABLATION", "fast") != "off":
+        bench_student_ablation()
     bench_features()
     # A short fit by default; DISTILLPREP_BENCH_FIT_MINUTES=20 for the full run.
     bench_teacher(float(os.environ.get("DISTILLPREP_BENCH_FIT_MINUTES", "3")),

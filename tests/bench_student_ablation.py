@@ -1,0 +1,136 @@
+"""Student ablation bench (`make bench`): does distilling the teachers help, as DistillNeRF's
+Table 1 and 2 say, on synthetic scenes the student never saw?
+
+A synthetic nuScenes dataset is generated (exact depth beside every image); its training
+scenes are prepared by `distillprep prepare` (ingest, a real fitted neural-field teacher
+per scene rendering dense depth and the DistillNeRF virtual views; no feature models),
+its held-out scenes only ingested. Three students are trained at equal steps and seed
+(`student/ablation.py`: LiDAR only, + teacher depth, + virtual cameras) and evaluated on
+the held-out scenes: depth AbsRel against the exact depth with teacher-depth distillation
+off and on, novel-view PSNR (the next frame's poses) with virtual-camera distillation off
+and on. One figure per line, each with its ratio.
+
+Sizes: `DISTILLPREP_BENCH_ABLATION=fast` (default, ~15 minutes on 2 cores) or `full`
+(~1 hour: more scenes, longer teachers, more student steps, a larger input). Run alone:
+`python tests/bench_student_ablation.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from distillprep.flows.cli import main as cli
+from distillprep.scenes.synthetic.generate import SynthConfig, generate, scene_name
+from distillprep.student.ablation import ablate
+from distillprep.student.losses import LossConfig
+from distillprep.student.model.distillnerf import StudentConfig
+from distillprep.student.model.render import RaySamplingConfig
+from distillprep.student.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Size:
+    train_scenes: int
+    val_scenes: int
+    frames: int
+    teacher_steps: int
+    student_steps: int
+    resize: tuple[int, int]
+
+
+SIZES = {"fast": Size(train_scenes=3, val_scenes=1, frames=4, teacher_steps=400,
+                      student_steps=150, resize=(64, 36)),
+         "full": Size(train_scenes=6, val_scenes=2, frames=6, teacher_steps=1500,
+                      student_steps=800, resize=(114, 64))}
+
+TEACHER = {  # sweeps for the fit; a static field; half-size renders, lighter sampling
+    "ingest": {"sweeps": True},
+    "teacher": {"holdout": 0, "fit": {"dynamic": None}},
+    "render": {"render": {"scale": 0.5, "virtual": {"resolution_scale": 0.5},
+                          "sampling": {"candidates": 128, "max_samples": 32,
+                                       "fine_samples": 32}}},
+    "features": [],
+}
+
+
+def _prepare(dataroot: Path, store: Path, scenes: list[str], work: Path, steps: int) -> None:
+    config = work / "prepare.yaml"
+    config.write_text(yaml.safe_dump(TEACHER))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli(["prepare", str(dataroot), "--out", str(store), "--config", str(config),
+                    "--teacher-steps", str(steps), "--json"]
+                   + [a for s in scenes for a in ("--scene", s)])
+    if code != 0:
+        raise RuntimeError(f"prepare exited {code}: {out.getvalue()[-2000:]}")
+    summary = json.loads(out.getvalue())
+    for scene in summary["scenes"]:
+        teacher = next((s for s in scene["steps"].values()
+                        if isinstance(s, dict) and "lidar_abs_rel" in s), None)
+        if teacher is not None:
+            print(f"ablation.teacher {scene['scene_id']}: train PSNR "
+                  f"{teacher.get('train_psnr_db')} dB, LiDAR AbsRel "
+                  f"{teacher.get('lidar_abs_rel')}")
+
+
+def bench_student_ablation(size_name: str | None = None) -> dict[str, dict]:
+    size_name = size_name or os.environ.get("DISTILLPREP_BENCH_ABLATION", "fast")
+    size = SIZES[size_name]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="distillprep-ablation-") as tmp:
+        root = Path(tmp)
+        scenes = size.train_scenes + size.val_scenes
+        dataroot = generate(root / "nuscenes", "nuscenes", SynthConfig(
+            scenes=scenes, frames=size.frames, width=192, height=108, sweeps=1, seed=21,
+            supersample=1))
+        names = [scene_name(i) for i in range(scenes)]
+        train_scenes, val_scenes = names[:size.train_scenes], names[size.train_scenes:]
+        store = root / "store.zarr"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli(["ingest", str(dataroot), "--out", str(store), "--json"]
+                       + [a for s in val_scenes for a in ("--scene", s)])
+        assert code == 0, out.getvalue()
+        _prepare(dataroot, store, train_scenes, root, size.teacher_steps)
+        prepared = time.perf_counter() - start
+        base = TrainConfig(steps=size.student_steps, lr=1e-3, resize=size.resize,
+                           checkpoint_every=size.student_steps, seed=0,
+                           model=StudentConfig(channels=8, conv_channels=8, levels=(64, 16),
+                                               decoder_hidden=16,
+                                               sampling=RaySamplingConfig(jitter=True)),
+                           losses=LossConfig())
+        reports = ablate([str(store)], root / "runs", base, tuple(val_scenes), dataroot)
+    lidar, depth, virtual = (reports[k] for k in ("lidar_only", "teacher_depth",
+                                                  "teacher_depth_virtual"))
+    print(f"ablation ({size_name}): {size.train_scenes} training scenes, {size.val_scenes} "
+          f"held out, {size.frames} frames, teachers {size.teacher_steps} steps, students "
+          f"{size.student_steps} steps at {size.resize[0]}x{size.resize[1]}; prepared in "
+          f"{prepared / 60:.1f} min, trained in "
+          f"{sum(r['train_seconds'] for r in reports.values()) / 60:.1f} min")
+    a, b = lidar["depth_exact_abs_rel"], depth["depth_exact_abs_rel"]
+    print(f"student.ablation.depth_abs_rel_exact: LiDAR only {a:.4f}, + teacher depth {b:.4f}"
+          f" ({b / a:.2f}x; lower is better)")
+    a, b = lidar["depth_exact_delta_1_25"], depth["depth_exact_delta_1_25"]
+    print(f"student.ablation.depth_delta1_exact: LiDAR only {a:.3f}, + teacher depth {b:.3f}")
+    a, b = depth["novel_view_psnr"], virtual["novel_view_psnr"]
+    print(f"student.ablation.novel_view_psnr: teacher depth {a:.2f} dB, + virtual cameras "
+          f"{b:.2f} dB ({b - a:+.2f} dB)")
+    for name, report in reports.items():
+        print(f"student.ablation.{name}: recon {report['recon_psnr']:.2f} dB, novel view "
+              f"{report['novel_view_psnr']:.2f} dB, exact AbsRel "
+              f"{report['depth_exact_abs_rel']:.4f}, LiDAR AbsRel "
+              f"{report['depth_lidar_abs_rel']:.4f}")
+    return reports
+
+
+if __name__ == "__main__":
+    bench_student_ablation()

@@ -1,0 +1,71 @@
+"""The paper's distillation ablations run from config alone (`student/ablation.py`): on a
+tiny synthetic dataset whose teacher stage is the exact truth (`oracle_teacher.py`), each
+variant trains with only its loss weights changed, on the training scenes only, and is
+scored on the held-out scene against the exact depth. (Whether distillation helps is the
+bench's question, `tests/bench_student_ablation.py`: at test sizes it is noise.)"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from oracle_teacher import write_oracle_teacher
+from test_student_train import CONFIG
+
+from distillprep.scenes.synthetic.generate import SynthConfig, generate
+from distillprep.scenes.synthetic.truth import load_ground_truth_depth
+from distillprep.student.ablation import PAPER_VARIANTS, ablate
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    from distillprep.scenes.nuscenes import read_nuscenes
+    from distillprep.storage_schemas.ingest import IngestConfig, ingest
+    from distillprep.storage_schemas.store import create_store
+
+    root = tmp_path_factory.mktemp("oracle")
+    data = generate(root / "nuscenes", "nuscenes", SynthConfig(
+        scenes=2, frames=2, width=96, height=54, sweeps=0, seed=5, supersample=1, workers=1))
+    read = read_nuscenes(data)
+    store = create_store(root / "store.zarr", "nuscenes", read.version)
+    ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
+    for scene in store.scenes():
+        write_oracle_teacher(store, data, scene, scale=1.0)
+    return data, store
+
+
+def test_the_oracle_teachers_depth_is_the_exact_depth(oracle):
+    data, store = oracle
+    view = store.scene("scene-0001")
+    source = view.manifest().column("source_file").to_pylist()[0]
+    exact = load_ground_truth_depth(data, source)
+    stored = np.asarray(view["teacher_depth"][0]).astype(np.float32)
+    opacity = np.asarray(view["teacher_opacity"][0])
+    np.testing.assert_allclose(stored, exact, rtol=1e-3)  # float16
+    assert np.array_equal(opacity == 0, exact == 0) and (exact == 0).any()  # the sky
+
+
+def test_each_variant_changes_only_its_loss_weights(oracle, tmp_path):
+    data, store = oracle
+    base = replace(CONFIG, steps=1, resize=(32, 18), model=replace(CONFIG.model, cameras=6))
+    heard = []
+    reports = ablate([str(store.location.location)], tmp_path, base, ("scene-0002",), data,
+                     progress=lambda name, report: heard.append(name))
+    assert heard == list(PAPER_VARIANTS) == list(reports)
+    configs = {name: json.loads((tmp_path / name / "config.json").read_text())
+               for name in reports}
+    weights = {name: (c["losses"]["teacher_depth"], c["losses"]["virtual"])
+               for name, c in configs.items()}
+    assert weights == {"lidar_only": (0.0, 0.0), "teacher_depth": (10.0, 0.0),
+                       "teacher_depth_virtual": (10.0, 1.0)}
+    for c in configs.values():
+        assert c["val_scenes"] == ["scene-0002"] and c["split"] == "train"
+        c.pop("losses")
+    assert all(c == configs["lidar_only"] for c in configs.values())
+    for report in reports.values():
+        assert report["scenes"] == ["scene-0002"] and report["frames"] == 1
+        for key in ("depth_exact_abs_rel", "novel_view_psnr", "depth_teacher_abs_rel"):
+            assert math.isfinite(report[key]), key
