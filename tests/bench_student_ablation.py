@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tempfile
 import time
@@ -27,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+# Prefect's local API misses its 20 s start-up deadline on 2 busy cores
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from distillprep.flows.cli import main as cli
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, scene_name
@@ -72,14 +74,13 @@ def _prepare(dataroot: Path, store: Path, scenes: list[str], work: Path, steps: 
                    + [a for s in scenes for a in ("--scene", s)])
     if code != 0:
         raise RuntimeError(f"prepare exited {code}: {out.getvalue()[-2000:]}")
-    summary = json.loads(out.getvalue())
-    for scene in summary["scenes"]:
-        teacher = next((s for s in scene["steps"].values()
-                        if isinstance(s, dict) and "lidar_abs_rel" in s), None)
-        if teacher is not None:
-            print(f"ablation.teacher {scene['scene_id']}: train PSNR "
-                  f"{teacher.get('train_psnr_db')} dB, LiDAR AbsRel "
-                  f"{teacher.get('lidar_abs_rel')}")
+    from distillprep.storage_schemas.store import open_store
+
+    opened = open_store(str(store))
+    for scene in scenes:
+        record = opened.scene(scene).provenance("teacher")
+        print(f"ablation.teacher {scene}: {record.steps} steps, train PSNR "
+              f"{record.train_psnr_db} dB, LiDAR AbsRel {record.lidar_abs_rel}")
 
 
 def bench_student_ablation(size_name: str | None = None) -> dict[str, dict]:
