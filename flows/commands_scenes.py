@@ -25,6 +25,8 @@ def add_synth(sub) -> None:
     p.add_argument("--version", default="v1.0-mini", help="table folder name (v1.0-*)")
     p.add_argument("--supersample", type=int, default=2, help="S x S colour rays per pixel")
     p.add_argument("--workers", type=int, default=0, help="render processes (0: all cores)")
+    p.add_argument("--lidar-beams", type=int, default=32,
+                   help="LiDAR beams over the HDL-32E's elevations (default 32)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier synthetic dataset at OUT")
     p.add_argument("--json", action="store_true")
@@ -39,7 +41,7 @@ def _run_synth(args) -> int:
     config = SynthConfig(scenes=args.scenes, frames=args.frames, width=args.width,
                          height=args.height, sweeps=args.sweeps, seed=args.seed,
                          version=args.version, supersample=args.supersample,
-                         workers=args.workers)
+                         workers=args.workers, lidar_beams=args.lidar_beams)
     out = generate(args.out, args.format, config, overwrite=args.overwrite,
                    progress=None if args.json else lambda it, **kw: tqdm(it, unit="capture", **kw))
     report = {"out": str(out), "format": args.format, "version": args.version,

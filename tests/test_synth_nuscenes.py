@@ -13,6 +13,7 @@ import pytest
 from nuscenes.nuscenes import NuScenes
 from PIL import Image
 
+from distillprep.scenes.errors import ConfigError
 from distillprep.scenes.nuscenes import CAMERAS, TABLES
 from distillprep.scenes.synthetic.capture import KEYFRAME_INTERVAL_US, ego_to_world
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
@@ -167,3 +168,17 @@ def test_overwrite_replaces_an_earlier_synthetic_dataset_whole(tmp_path):
 def test_world_json_records_the_config(small_dataset):
     data = json.loads((small_dataset / "ground_truth" / "world.json").read_text())
     assert data["config"]["seed"] == 7 and data["config"]["frames"] == 3
+
+
+def test_lidar_beams_respace_the_hdl32e_elevations(tmp_path):
+    data = generate(tmp_path / "ds", "nuscenes", SynthConfig(
+        scenes=1, frames=1, width=32, height=18, workers=1, lidar_beams=8))
+    scan = next((data / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))
+    points = np.fromfile(scan, dtype=np.float32).reshape(-1, 5)
+    rings = points[:, 4].astype(int)
+    assert set(rings) <= set(range(8)) and len(set(rings)) >= 4
+    elevation = np.degrees(np.arctan2(points[:, 2], np.hypot(points[:, 0], points[:, 1])))
+    expected = np.linspace(-30.67, 10.67, 8)[rings]
+    np.testing.assert_allclose(elevation, expected, atol=1e-3)
+    with pytest.raises(ConfigError, match="lidar-beams"):
+        generate(tmp_path / "bad", "nuscenes", SynthConfig(scenes=1, lidar_beams=0))

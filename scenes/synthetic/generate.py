@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -49,6 +49,9 @@ class SynthConfig:
     """Anti-aliasing: S x S colour rays per pixel (depth always from the pixel centre)."""
     workers: int = 0
     """Render processes; 0 uses every core."""
+    lidar_beams: int = 32
+    """Beams of the LiDAR, spread over the HDL-32E's -30.67..+10.67 degrees (32: the
+    HDL-32E; fewer keep its sparsity in render pixels when images are shrunk)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,15 @@ WRITERS = {"nuscenes": _Format(NUSCENES_RIG, NuScenesWriter)}
 def scene_seed(seed: int, index: int) -> int:
     """The world seed of scene `index` of a dataset generated with `seed`."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def with_lidar_beams(rig: Rig, beams: int) -> Rig:
+    """The rig with each LiDAR's beams respaced to `beams` over the same elevations."""
+    if all(len(m.spec.elevations_deg) == beams for m in rig.lidars):
+        return rig
+    return replace(rig, lidars=tuple(replace(m, spec=replace(m.spec, elevations_deg=tuple(
+        float(v) for v in np.linspace(min(m.spec.elevations_deg), max(m.spec.elevations_deg),
+                                      beams)))) for m in rig.lidars))
 
 
 def scene_name(index: int) -> str:
@@ -105,7 +117,9 @@ def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None 
             raise OutputExistsError(f"{out} is not empty and is not an earlier `distillprep "
                                   "synth` output (no ground_truth/world.json): not touching it")
         shutil.rmtree(out)
-    spec = WRITERS[fmt]
+    if not 1 <= config.lidar_beams <= 128:
+        raise ConfigError(f"--lidar-beams must be 1..128, got {config.lidar_beams}")
+    spec = replace(WRITERS[fmt], rig=with_lidar_beams(WRITERS[fmt].rig, config.lidar_beams))
     writer = spec.writer(out, config.version, spec.rig, config.width, config.height,
                          namespace=f"distillprep-synth/{config.seed}")
     worlds = {}

@@ -3,7 +3,7 @@ per-scene optimisation, a sparse-voxel scene rendered to RGB, depth and foundati
 features.
 
     images (C, 3, H, W) -> Encoder -> features (C, F, h, w), h = H / 2
-      -> CoarseDepthHead -> weights over the 286 coarse bins -> coarse depth
+      -> CoarseDepthHead (+ ray directions) -> weights over the 286 coarse bins -> coarse depth
       -> 15 fine candidates around it -> FineDepthHead -> fine weights, fine depth
       -> lift [w * feature, density logit] along the rays -> mean-pool into the fine
          and coarse voxel levels -> sparse convolution of the coarse level
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
@@ -42,6 +43,9 @@ class StudentConfig:
     """Hidden channels of the coarse level's sparse convolution (official: 128)."""
     levels: tuple[int, int] = (128, 32)
     """(fine, coarse) voxel resolutions over the contracted cube (official: 512, 128)."""
+    depth_hidden: int = 64
+    """Hidden channels of the coarse depth head (official: 64; its last layer is a linear
+    map onto the 286 bins' logits, so its width bounds the depth profiles it can draw)."""
     fine_candidates: int = 15
     """Fine depth candidates per pixel (official: 15)."""
     decoder_hidden: int = 32
@@ -76,7 +80,7 @@ class DistillNeRFStudent(nn.Module):
         self.register_buffer("edges", torch.tensor(coarse_bin_edges(config.space),
                                                    dtype=torch.float32), persistent=False)
         self.encoder = Encoder(f)
-        self.coarse_head = CoarseDepthHead(f, len(self.edges) - 1)
+        self.coarse_head = CoarseDepthHead(f, len(self.edges) - 1, config.depth_hidden)
         self.fine_head = FineDepthHead(f)
         self.conv = nn.ModuleList([SparseConv3d(f + 1, config.conv_channels, 3, subm=True),
                                    SparseConv3d(config.conv_channels, f + 1, 3, subm=True)])
@@ -93,8 +97,12 @@ class DistillNeRFStudent(nn.Module):
             feats = self.encoder(images)
         cams, f, h, w = feats.shape
         pixels = feats.permute(0, 2, 3, 1).reshape(-1, f)
+        k = scale_intrinsics(intrinsics, 0.5)
+        origins, directions = camera_rays(k, cam_to_ref, h, w)
         with record_function("student.depth"):
-            logits = self.coarse_head(feats).permute(0, 2, 3, 1).reshape(cams * h * w, -1)
+            unit = F.normalize(directions, dim=-1).reshape(cams, h, w, 3).permute(0, 3, 1, 2)
+            logits = self.coarse_head(feats, unit).permute(0, 2, 3, 1).reshape(cams * h * w,
+                                                                               -1)
             coarse_w, coarse_d = coarse_depth(logits, self.edges)
             candidates = fine_candidates(coarse_d, self.config.fine_candidates)
             probabilities = self.fine_head(pixels, candidates)
@@ -103,9 +111,7 @@ class DistillNeRFStudent(nn.Module):
         cand_logit = (2.0 * probabilities - 1.0) * LOGIT_CLAMP
         interval_logit = 0.5 * (cand_logit[:, 1:] + cand_logit[:, :-1])
         mids = 0.5 * (candidates[:, 1:] + candidates[:, :-1]).detach()  # official: detached
-        k = scale_intrinsics(intrinsics, 0.5)
         with record_function("student.lift_pool"):
-            origins, directions = camera_rays(k, cam_to_ref, h, w)
             points, values = lift(origins, directions, mids.reshape(cams, h * w, -1),
                                   fine_w.reshape(cams, h * w, -1),
                                   interval_logit.reshape(cams, h * w, -1),
