@@ -27,7 +27,15 @@ from .metrics import eval_depth, psnr, ssim
 from .model.distillnerf import DistillNeRFStudent, scale_intrinsics
 from .objective import frame_inputs, sparse_min_pool, teacher_depth_target, to_device
 from .query import prepare_query, score_frame, write_overlays
-from .train import TrainConfig, check_device, check_rig, checkpoints, load_checkpoint
+from .train import (
+    TrainConfig,
+    check_device,
+    check_prior,
+    check_rig,
+    checkpoints,
+    load_checkpoint,
+    prior_record,
+)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -54,6 +62,7 @@ def load_student(path: str | Path, device: str = "cpu",
                        f"{run / 'config.json'}")
     state = load_checkpoint(file, config)
     model = DistillNeRFStudent(config.model)
+    check_prior(state, model, file)
     model.load_state_dict(state["model"])
     return model.to(check_device(device)).eval(), config, file
 
@@ -141,7 +150,7 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
                             inputs["images"], f"{batch['scene_id'][0]}_frame"
                             f"{int(batch['frame_index'][0]):04d}")
     summary = {k: float(np.nanmean(v)) for k, v in rows.items()}
-    report = {"checkpoint": str(file), "frames": len(dataset),
+    report = {"checkpoint": str(file), "frames": len(dataset), "prior": prior_record(model),
               "scenes": dataset.plan.scene_ids(),
               "seconds_per_frame": float(np.mean(seconds)) if seconds else None, **summary}
     if asked is not None:

@@ -156,6 +156,20 @@ def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
     return state
 
 
+def prior_record(model: DistillNeRFStudent) -> dict | None:
+    """What the model's frozen prior is (model, weights sha256 or random_init), or None."""
+    return None if model.prior is None else dict(model.prior.provenance)
+
+
+def check_prior(state: dict, model: DistillNeRFStudent, path: Path) -> None:
+    """Refuse a checkpoint trained over another frozen prior than the model's now."""
+    saved, now = state.get("prior"), prior_record(model)
+    if saved != now:
+        raise ConfigError(f"checkpoint {path} was trained with the frozen prior {saved}, "
+                          f"the one loaded now is {now}: model.prior.weights names other "
+                          "weights than the run's")
+
+
 def _save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -198,6 +212,7 @@ def train(stores: list[str], run: str | Path, config: TrainConfig,
     saved = checkpoints(run)
     if saved:
         state = load_checkpoint(saved[-1], config)
+        check_prior(state, model, saved[-1])
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])
@@ -235,7 +250,8 @@ def train(stores: list[str], run: str | Path, config: TrainConfig,
                                    "optimizer": optimiser.state_dict(),
                                    "loader": loader.state_dict(), "step": done,
                                    "rng": torch.get_rng_state(),
-                                   "config": _config_json(config)})
+                                   "config": _config_json(config),
+                                   "prior": prior_record(model)})
     finally:
         writer.close()
     return TrainResult(steps=max(config.steps, resumed), resumed_from=resumed,

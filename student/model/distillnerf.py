@@ -2,7 +2,7 @@
 per-scene optimisation, a sparse-voxel scene rendered to RGB, depth and foundation
 features.
 
-    images (C, 3, H, W) -> Encoder -> features (C, F, h, w), h = H / 2
+    images (C, 3, H, W) -> Encoder (+ frozen prior) -> features (C, F, h, w), h = H / 2
       -> CoarseDepthHead (+ ray directions) -> weights over the 286 coarse bins -> coarse depth
       -> 15 fine candidates around it -> FineDepthHead -> fine weights, fine depth
       -> lift [w * feature, density logit] along the rays -> mean-pool into the fine
@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .depth import LOGIT_CLAMP, coarse_depth, fine_candidates, fine_depth, soft_clamp
 from .heads import CoarseDepthHead, Decoder, Encoder, FineDepthHead
 from .lift import camera_rays, lift, pool_levels
+from .prior import FrozenPrior, PriorConfig
 from .render import RaySamplingConfig, render_rays
 from .space import SpaceConfig, coarse_bin_edges
 from .sparse_conv import SparseConv3d, SparseVoxels
@@ -54,6 +55,8 @@ class StudentConfig:
     """Channels of rendered foundation features (the PCA width; 0: none)."""
     cameras: int = 6
     """Camera slots the decoder conditions on (the rig's size)."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """A frozen pretrained 2D prior added to the encoder's features (none by default)."""
     space: SpaceConfig = field(default_factory=SpaceConfig)
     """The parameterized space and coarse bins."""
     sampling: RaySamplingConfig = field(default_factory=RaySamplingConfig)
@@ -80,6 +83,7 @@ class DistillNeRFStudent(nn.Module):
         self.register_buffer("edges", torch.tensor(coarse_bin_edges(config.space),
                                                    dtype=torch.float32), persistent=False)
         self.encoder = Encoder(f)
+        self.prior = FrozenPrior(config.prior, f) if config.prior.model else None
         self.coarse_head = CoarseDepthHead(f, len(self.edges) - 1, config.depth_hidden)
         self.fine_head = FineDepthHead(f)
         self.conv = nn.ModuleList([SparseConv3d(f + 1, config.conv_channels, 3, subm=True),
@@ -95,6 +99,8 @@ class DistillNeRFStudent(nn.Module):
         images, cam_to_ref (C, 4, 4) OpenCV. Returns the voxel levels and the depths."""
         with record_function("student.encoder"):
             feats = self.encoder(images)
+            if self.prior is not None:
+                feats = feats + self.prior(images, feats.shape[-2:])
         cams, f, h, w = feats.shape
         pixels = feats.permute(0, 2, 3, 1).reshape(-1, f)
         k = scale_intrinsics(intrinsics, 0.5)

@@ -22,12 +22,16 @@ from .models import ModelSpec
 def prepare(spec: ModelSpec, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """images (B, H, W, 3) uint8 -> (B, 3, rows * patch, cols * patch) float normalised
     with the model's statistics, resized (bilinear, antialiased) to the patch grid."""
-    x = images.permute(0, 3, 1, 2).float() / 255.0
+    return normalise(spec, images.permute(0, 3, 1, 2).float() / 255.0, grid)
+
+
+def normalise(spec: ModelSpec, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """x (B, 3, H, W) float in [0, 1] -> `prepare`'s output."""
     size = (grid[0] * spec.patch, grid[1] * spec.patch)
     if x.shape[-2:] != size:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
