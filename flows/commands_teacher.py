@@ -18,9 +18,6 @@ from .cli_common import (
 
 
 def add_teacher(sub) -> None:
-    from distillprep.teachers.nerf.job import TeacherFitJob
-
-    defaults = TeacherFitJob()
     p = sub.add_parser("teacher", help="fit a scene's neural-field teacher and render it")
     tsub = p.add_subparsers(dest="teacher_command", required=True)
     f = tsub.add_parser("fit", help="fit (or resume fitting) one scene's teacher from the "
@@ -31,20 +28,23 @@ def add_teacher(sub) -> None:
     f.add_argument("--out", required=True, type=Path,
                    help="checkpoint file; when it exists the fit resumes from it")
     f.add_argument("--steps", type=int, default=None, help="total steps (default: config's)")
-    f.add_argument("--device", default=defaults.device, choices=["cpu", "cuda"])
+    f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     f.add_argument("--config", type=Path, default=None,
                    help="teacher config, JSON or TOML (fields of FitConfig; omitted ones "
                    "keep their defaults; when resuming without it, the checkpoint's)")
-    f.add_argument("--holdout", type=int, default=defaults.holdout,
-                   help="keyframes held out of the fit to measure the teacher (0: none)")
+    # None: the job's own default (TeacherFitJob), read only when a fit runs, so that the
+    # parser of every command is built without importing torch
+    f.add_argument("--holdout", type=int, default=None,
+                   help="keyframes held out of the fit to measure the teacher (0: none; "
+                   "default: 2)")
     f.add_argument("--keyframes-only", action="store_true",
                    help="fit on keyframes alone (default: every frame the store holds: "
                    "keyframes and, when ingested with --sweeps, the sweeps between them)")
     f.add_argument("--static", action="store_true",
                    help="no dynamic field (a scene without moving objects; steps are about "
                    "1.3x faster); the same as \"dynamic\": null in --config")
-    f.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
-                   metavar="STEPS")
+    f.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="steps between checkpoints (default: 500)")
     f.add_argument("--json", action="store_true")
     f.set_defaults(run=run_fit)
     r = tsub.add_parser("render", help="render a fitted teacher's dense depth and virtual "
@@ -84,9 +84,10 @@ def run_fit(args) -> int:
 
     check_device(args.device)
     store = open_store(args.store, storage_options=storage_options(args))
-    job = TeacherFitJob(fit=_fit_config(args), steps=args.steps, holdout=args.holdout,
+    given = {"holdout": args.holdout, "checkpoint_every": args.checkpoint_every}
+    job = TeacherFitJob(fit=_fit_config(args), steps=args.steps, device=args.device,
                         keyframes_only=args.keyframes_only,
-                        checkpoint_every=args.checkpoint_every, device=args.device)
+                        **{k: v for k, v in given.items() if v is not None})
     bar = tqdm(unit="step", disable=args.json, file=sys.stderr)
     last = {"step": None, "seconds": None}
 

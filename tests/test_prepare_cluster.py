@@ -54,6 +54,10 @@ def _commits(store: Path, stage: str) -> list[str]:
     return sorted(p.parent.parent.name for p in root.glob(f"*/{stage}/*.json"))
 
 
+# ~2 min on 2 cores (two whole flows in subprocesses, each with its local API): slow set.
+# The default suite kills and resumes each stage's own job (test_stage_jobs.py,
+# test_teacher_cli.py, test_features_job.py, test_store_crash.py).
+@pytest.mark.slow
 def test_a_killed_flow_reruns_only_what_was_unfinished(small_dataset, tmp_path):
     store = tmp_path / "store.zarr"
     command = [sys.executable, "-m", "distillprep.flows.cli", "prepare", str(small_dataset),

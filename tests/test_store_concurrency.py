@@ -41,7 +41,9 @@ def _race(location, options, writers, rounds, same_base):
             p.join(timeout=30)
 
 
-@pytest.mark.parametrize("backend, rounds", [("local", 6), ("s3", 3)])
+# one S3 round by default (each ~6 s, the moto server's); the slow set races three
+@pytest.mark.parametrize("backend, rounds", [
+    ("local", 6), ("s3", 1), pytest.param("s3", 3, marks=pytest.mark.slow)])
 def test_commits_of_different_stages_both_land(backend, rounds, tmp_path, s3):
     location, options = _store(backend, tmp_path, s3)
     write_scene(create_store(location, "synthetic", "v0", storage_options=options), SCENE)
@@ -58,7 +60,9 @@ def test_commits_of_different_stages_both_land(backend, rounds, tmp_path, s3):
         assert report.ok, [str(f) for f in report.errors]
 
 
-@pytest.mark.parametrize("backend, rounds", [("local", 6), ("s3", 3)])
+# one S3 round by default (each ~6 s, the moto server's); the slow set races three
+@pytest.mark.parametrize("backend, rounds", [
+    ("local", 6), ("s3", 1), pytest.param("s3", 3, marks=pytest.mark.slow)])
 def test_commits_of_one_stage_from_one_state_have_one_winner(backend, rounds, tmp_path, s3):
     location, options = _store(backend, tmp_path, s3)
     write_scene(create_store(location, "synthetic", "v0", storage_options=options), SCENE)

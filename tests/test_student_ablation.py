@@ -1,8 +1,11 @@
 """The paper's distillation ablations run from config alone (`student/ablation.py`): on a
 tiny synthetic dataset whose teacher stage is the exact truth (`oracle_teacher.py`), each
 variant trains with only its loss weights changed, on the training scenes only, and is
-scored on the held-out scene against the exact depth. (Whether distillation helps is the
-bench's question, `tests/bench_student_ablation.py`: at test sizes it is noise.)"""
+scored on the held-out scene against the exact depth. The dataset's LiDAR has 2 beams, so
+that it leaves almost every pixel without depth, as a 32-beam LiDAR leaves most of the
+paper's (its share of the pixels is what the dense teacher depth adds): on this tiny
+setting teacher depth's direction is robust. Virtual cameras' novel-view gain is not (it
+flipped sign across seeds here): `tests/bench_student_ablation.py` measures both."""
 
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ def oracle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("oracle")
     data = generate(root / "nuscenes", "nuscenes", SynthConfig(
-        scenes=2, frames=2, width=96, height=54, sweeps=0, seed=5, supersample=1, workers=1))
+        scenes=2, frames=2, width=96, height=54, sweeps=0, seed=5, supersample=1, workers=1,
+        lidar_beams=2))
     read = read_nuscenes(data)
     store = create_store(root / "store.zarr", "nuscenes", read.version)
     ingest(store, read.scenes, IngestConfig("nuscenes", read.version))
@@ -69,3 +73,18 @@ def test_each_variant_changes_only_its_loss_weights(oracle, tmp_path):
         assert report["scenes"] == ["scene-0002"] and report["frames"] == 1
         for key in ("depth_exact_abs_rel", "novel_view_psnr", "depth_teacher_abs_rel"):
             assert math.isfinite(report[key]), key
+
+
+def test_teacher_depth_helps_a_student_on_the_held_out_scene(oracle, tmp_path):
+    """The paper's Table 1 direction on a tiny setting (one training scene, 40 steps at a
+    high learning rate): with LiDAR alone a student has almost no depth to learn from and
+    renders the held-out scene several times too far (AbsRel 3.5-4.2 over seeds 0-2);
+    the same student with the teacher's dense depth 0.7-1.1."""
+    data, store = oracle
+    base = replace(CONFIG, steps=40, lr=5e-3, resize=(32, 18), checkpoint_every=40, seed=0,
+                   model=replace(CONFIG.model, cameras=6))
+    reports = ablate([str(store.location.location)], tmp_path, base, ("scene-0002",), data,
+                     variants=("lidar_only", "teacher_depth"))
+    lidar, teacher = reports["lidar_only"], reports["teacher_depth"]
+    assert teacher["depth_exact_abs_rel"] < 0.6 * lidar["depth_exact_abs_rel"], reports
+    assert teacher["depth_exact_delta_1_25"] > lidar["depth_exact_delta_1_25"], reports

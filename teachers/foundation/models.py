@@ -6,11 +6,12 @@ nothing reaches the network: every model is built with random weights first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from distillprep.teachers.errors import TeacherConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,6 +68,8 @@ def model_spec(name: str) -> ModelSpec:
 def build_model(spec: ModelSpec, seed: int = 0) -> torch.nn.Module:
     """The model with random weights (seeded), in eval mode: a timm VisionTransformer for
     DINOv2 (any input size a multiple of the patch), an open_clip CLIP model otherwise."""
+    import torch  # here, not at the top: the CLI's parser reads MODELS without torch
+
     torch.manual_seed(seed)
     if spec.library == "timm":
         import timm
