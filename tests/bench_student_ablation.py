@@ -17,8 +17,10 @@ its elevations: the students see 64x36 (114x64) images where 32 beams would cove
 synthetic scenes.
 
 Sizes: `DISTILLPREP_BENCH_ABLATION=fast` (default, ~40 minutes on 2 cores) or `full`
-(~1 hour: more scenes, longer teachers, more student steps, a larger input). Run alone:
-`python tests/bench_student_ablation.py`.
+(~1 hour: more scenes, longer teachers, more student steps, a larger input). Student seeds:
+`DISTILLPREP_BENCH_ABLATION_SEEDS=0,1,...` (default 0; each seed ~15 more minutes at the
+fast size) trains the three students once per seed on the same prepared scenes and prints
+each seed's figures, then their means. Run alone: `python tests/bench_student_ablation.py`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from distillprep.flows.cli import main as cli
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, scene_name
-from distillprep.student.ablation import ablate
+from distillprep.student.ablation import PAPER_VARIANTS, ablate
 from distillprep.student.losses import LossConfig
 from distillprep.student.model.distillnerf import StudentConfig
 from distillprep.student.model.render import RaySamplingConfig
@@ -90,7 +92,34 @@ def _prepare(dataroot: Path, store: Path, scenes: list[str], work: Path, steps: 
               f"{record.train_psnr_db} dB, LiDAR AbsRel {record.lidar_abs_rel}")
 
 
-def bench_student_ablation(size_name: str | None = None) -> dict[str, dict]:
+KEYS = ("depth_exact_abs_rel", "depth_exact_delta_1_25", "novel_view_psnr")
+
+
+def _student(size: Size, seed: int) -> TrainConfig:
+    return TrainConfig(steps=size.student_steps, lr=1e-3, resize=size.resize,
+                       checkpoint_every=size.student_steps, seed=seed,
+                       model=StudentConfig(channels=8, conv_channels=8, levels=(64, 16),
+                                           decoder_hidden=16,
+                                           sampling=RaySamplingConfig(jitter=True)),
+                       losses=LossConfig())
+
+
+def _print_comparison(reports: dict[str, dict], tag: str) -> None:
+    """The paper's two comparisons, one figure per line (tag: which seed, or the mean)."""
+    lidar, depth, virtual = (reports[k] for k in PAPER_VARIANTS)
+    a, b = lidar["depth_exact_abs_rel"], depth["depth_exact_abs_rel"]
+    print(f"student.ablation.{tag}depth_abs_rel_exact: LiDAR only {a:.4f}, + teacher depth "
+          f"{b:.4f} ({b / a:.2f}x; lower is better)")
+    a, b = lidar["depth_exact_delta_1_25"], depth["depth_exact_delta_1_25"]
+    print(f"student.ablation.{tag}depth_delta1_exact: LiDAR only {a:.3f}, + teacher depth "
+          f"{b:.3f}")
+    a, b = depth["novel_view_psnr"], virtual["novel_view_psnr"]
+    print(f"student.ablation.{tag}novel_view_psnr: teacher depth {a:.2f} dB, + virtual "
+          f"cameras {b:.2f} dB ({b - a:+.2f} dB)")
+
+
+def bench_student_ablation(size_name: str | None = None) -> dict[int, dict[str, dict]]:
+    """seed -> variant -> `evaluate`'s report on the held-out scenes."""
     size_name = size_name or os.environ.get("DISTILLPREP_BENCH_ABLATION", "fast")
     size = SIZES[size_name]
     start = time.perf_counter()
@@ -110,35 +139,28 @@ def bench_student_ablation(size_name: str | None = None) -> dict[str, dict]:
         assert code == 0, out.getvalue()
         _prepare(dataroot, store, train_scenes, root, size.teacher_steps)
         prepared = time.perf_counter() - start
-        base = TrainConfig(steps=size.student_steps, lr=1e-3, resize=size.resize,
-                           checkpoint_every=size.student_steps, seed=0,
-                           model=StudentConfig(channels=8, conv_channels=8, levels=(64, 16),
-                                               decoder_hidden=16,
-                                               sampling=RaySamplingConfig(jitter=True)),
-                           losses=LossConfig())
-        reports = ablate([str(store)], root / "runs", base, tuple(val_scenes), dataroot)
-    lidar, depth, virtual = (reports[k] for k in ("lidar_only", "teacher_depth",
-                                                  "teacher_depth_virtual"))
+        seeds = [int(x) for x in os.environ.get("DISTILLPREP_BENCH_ABLATION_SEEDS",
+                                                "0").split(",")]
+        runs = {seed: ablate([str(store)], root / f"runs-seed{seed}",
+                             _student(size, seed), tuple(val_scenes), dataroot)
+                for seed in seeds}
+    trained = sum(r["train_seconds"] for reports in runs.values() for r in reports.values())
     print(f"ablation ({size_name}): {size.train_scenes} training scenes, {size.val_scenes} "
           f"held out, {size.frames} frames, {size.lidar_beams}-beam LiDAR, teachers "
-          f"{size.teacher_steps} steps, students "
-          f"{size.student_steps} steps at {size.resize[0]}x{size.resize[1]}; prepared in "
-          f"{prepared / 60:.1f} min, trained in "
-          f"{sum(r['train_seconds'] for r in reports.values()) / 60:.1f} min")
-    a, b = lidar["depth_exact_abs_rel"], depth["depth_exact_abs_rel"]
-    print(f"student.ablation.depth_abs_rel_exact: LiDAR only {a:.4f}, + teacher depth {b:.4f}"
-          f" ({b / a:.2f}x; lower is better)")
-    a, b = lidar["depth_exact_delta_1_25"], depth["depth_exact_delta_1_25"]
-    print(f"student.ablation.depth_delta1_exact: LiDAR only {a:.3f}, + teacher depth {b:.3f}")
-    a, b = depth["novel_view_psnr"], virtual["novel_view_psnr"]
-    print(f"student.ablation.novel_view_psnr: teacher depth {a:.2f} dB, + virtual cameras "
-          f"{b:.2f} dB ({b - a:+.2f} dB)")
-    for name, report in reports.items():
-        print(f"student.ablation.{name}: recon {report['recon_psnr']:.2f} dB, novel view "
-              f"{report['novel_view_psnr']:.2f} dB, exact AbsRel "
-              f"{report['depth_exact_abs_rel']:.4f}, LiDAR AbsRel "
-              f"{report['depth_lidar_abs_rel']:.4f}")
-    return reports
+          f"{size.teacher_steps} steps, students {size.student_steps} steps at "
+          f"{size.resize[0]}x{size.resize[1]}, seeds {seeds}; prepared in "
+          f"{prepared / 60:.1f} min, trained in {trained / 60:.1f} min")
+    for seed, reports in runs.items():
+        _print_comparison(reports, f"seed{seed}." if len(runs) > 1 else "")
+        for name, report in reports.items():
+            print(f"student.ablation.{name}: seed {seed}, recon {report['recon_psnr']:.2f} "
+                  f"dB, novel view {report['novel_view_psnr']:.2f} dB, exact AbsRel "
+                  f"{report['depth_exact_abs_rel']:.4f}, LiDAR AbsRel "
+                  f"{report['depth_lidar_abs_rel']:.4f}")
+    if len(runs) > 1:
+        _print_comparison({name: {key: sum(r[name][key] for r in runs.values()) / len(runs)
+                                  for key in KEYS} for name in PAPER_VARIANTS}, "mean.")
+    return runs
 
 
 if __name__ == "__main__":

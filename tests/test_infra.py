@@ -154,6 +154,8 @@ def k8s_pool(prefect_api) -> str:
     return "distillprep-k8s-test"
 
 
+# A real local server (~25 s to start on 2 cores) for the pool and the deployment: slow set
+@pytest.mark.slow
 def test_server_creates_the_kubernetes_pool(prefect_api, k8s_pool):
     url, env, home = prefect_api
     assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
@@ -165,6 +167,7 @@ def test_server_creates_the_kubernetes_pool(prefect_api, k8s_pool):
     assert gpu["type"] == "integer" and gpu["default"] == 1
 
 
+@pytest.mark.slow
 def test_prefect_deploy_registers_the_deployment(prefect_api, k8s_pool):
     """`prefect deploy` loads the flow from the entrypoint and the server checks the job
     variables against the pool's template; the parameters must be the flow's."""

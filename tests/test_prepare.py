@@ -100,6 +100,9 @@ def test_a_longer_teacher_reruns_the_teacher_and_what_depends_on_it(prepared, sm
     assert validate_store(store).ok
 
 
+# ~45 s on 2 cores (three whole flows): slow set. The default suite keeps the store's own
+# quarantine records (test_store_schema.py) and every damaged input named (test_damage.py).
+@pytest.mark.slow
 def test_a_scene_with_corrupted_input_is_quarantined_and_the_others_complete(dataset_copy,
                                                                               tmp_path):
     image = sorted((dataset_copy / "samples" / "CAM_FRONT").glob("*.jpg"))[-1]

@@ -69,6 +69,9 @@ def test_uncommitted_attempt_is_invisible_on_s3(s3, small_dataset):
         format_report(final))
 
 
+# ~25 s (three CLI processes against the moto server): slow set; the default suite keeps
+# the S3 round trip, commits and races in-process.
+@pytest.mark.slow
 def test_cli_ingest_validate_inspect_on_s3(s3, small_dataset):
     import json
     import subprocess
