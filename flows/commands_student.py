@@ -77,12 +77,16 @@ def run_train(args) -> int:
     return 0
 
 
+def _add_checkpoint(p) -> None:
+    p.add_argument("--ckpt", required=True, type=Path,
+                   help="a checkpoint, or a run folder (its latest checkpoint)")
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the paper's metrics of a student run or checkpoint "
                        "on a store's held-out scenes")
     _add_stores(p)
-    p.add_argument("--ckpt", required=True, type=Path,
-                   help="a checkpoint, or a run folder (its latest checkpoint)")
+    _add_checkpoint(p)
     add_scene_argument(p)
     p.add_argument("--truth", type=Path, default=None, metavar="DATAROOT",
                    help="the synthetic dataset the store was ingested from: also score "
@@ -121,8 +125,7 @@ def add_infer(sub) -> None:
     p = sub.add_parser("infer", help="render one frame with a trained student: time per "
                        "frame, RGB / depth PNGs and .npy outputs")
     _add_stores(p)
-    p.add_argument("--ckpt", required=True, type=Path,
-                   help="a checkpoint, or a run folder (its latest checkpoint)")
+    _add_checkpoint(p)
     p.add_argument("--scene", required=True, help="scene id")
     p.add_argument("--frame", type=int, default=0, help="frame index in the scene")
     p.add_argument("--out", type=Path, default=None, help="folder for the outputs")
