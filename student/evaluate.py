@@ -1,13 +1,14 @@
 """Evaluating a trained student on a store's frames (DistillNeRF section 4.1): for each
 frame, its cameras in, and rendered back: reconstruction PSNR / SSIM of the decoded RGB;
-novel views at the next frame's camera poses against the next frame's images; depth at
+novel views at the next frame's camera poses against the next frame's images (and, where
+the teacher rendered virtual views, at those poses against its images); depth at
 render resolution up to 80 m against the frame's LiDAR (min-pooled) and the teacher's
 dense depth. Scenes default to the run's held-out side of the split.
 
 With `truth` (the dataroot of a synthetic dataset the store was ingested from), also
 depth against the exact ground truth the generator wrote beside each image (what no
 published evaluation can give). A run trained with a foundation-feature head is scored
-against the DINOv2 features (cosine, PSNR). Not here yet: the CLIP query.
+against the DINOv2 features (cosine, PSNR); `query` asks a CLIP text of its features.
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
                             split="all" if scenes else "val", scenes=scenes)
     dataset = StoreDataset(stores, loader_config, storage_options=storage_options)
     if all("teacher" in stages for stages in dataset.plan.commits.values()):
-        # every scene has a teacher: score against its dense depth too
-        dataset = StoreDataset(stores, replace(loader_config, fields=loader_config.fields + (
-            "teacher_depth", "teacher_opacity")), storage_options=storage_options)
+        # every scene has a teacher: score against its dense depth (and virtual views) too
+        extra = ("teacher_depth", "teacher_opacity")
+        if _all_have(dataset, "virtual_rgb"):
+            extra += ("virtual_rgb", "virtual_depth", "virtual_opacity")
+        dataset = StoreDataset(stores, replace(loader_config, fields=loader_config.fields
+                                               + extra, virtual="all"),
+                               storage_options=storage_options)
     check_rig(dataset, config.model)
     asked = (prepare_query(dataset, config.features, query, clip_weights, png)
              if query is not None else None)
@@ -132,6 +137,8 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
             target = batch["next_rgb"][0].permute(0, 3, 1, 2).float() / 255.0
             _images(rows, "recon", own["rgb"], inputs["images"])
             _images(rows, "novel_view", novel["rgb"], target)
+            if "virtual_rgb" in batch:
+                _virtual_views(rows, model, batch, inputs["centre"], scene, config)
             lidar = sparse_min_pool(batch["lidar_depth"][0], 2)
             _depth(rows, "depth_lidar", own["depth"], lidar)
             if truth is not None:
@@ -159,6 +166,42 @@ def evaluate(stores: list[str], checkpoint: str | Path, scenes: tuple[str, ...] 
         report["query"] = {"text": query, "random_init": asked.random_init,
                            "pngs": write_overlays(asked)}
     return report
+
+
+def _all_have(dataset: StoreDataset, array: str) -> bool:
+    """Whether every scene of the dataset's plan has `array` committed."""
+    from distillprep.storage_schemas.store import open_store
+
+    stores = {}
+    for key in dataset.plan.commits:
+        index, scene_id = key.split(":", 1)
+        if index not in stores:
+            stores[index] = open_store(dataset.plan.locations[int(index)],
+                                       storage_options=dataset.plan.storage_options)
+        if array not in stores[index].scene(scene_id):
+            return False
+    return True
+
+
+def _virtual_views(rows: dict, model: DistillNeRFStudent, batch: dict, centre: torch.Tensor,
+                   scene: dict, config: TrainConfig) -> None:
+    """Novel views off the rig: every virtual view the teacher rendered for the frame's
+    cameras (DistillNeRF's 1 m left / up / right), rendered by the student from the
+    frame's own encoding and scored against the teacher's images (`virtual_view_*`) and
+    depth (`depth_virtual_*`)."""
+    device = model.edges.device
+    valid = batch["virtual_valid"][0]
+    if not bool(valid.any()):
+        return
+    poses = batch["virtual_cam_to_world"][0][valid].double().clone()
+    poses[:, :3, 3] -= centre.to(poses.device)
+    k = scale_intrinsics(batch["virtual_intrinsics"][0][valid].float(), 0.5)
+    out = _cpu(model.render(scene, k.to(device), poses.float().to(device),
+                            torch.nonzero(valid)[:, 0].to(device), scene["size"]))
+    target = batch["virtual_rgb"][0][valid].permute(0, 3, 1, 2).float() / 255.0
+    _images(rows, "virtual_view", out["rgb"], target)
+    depth = teacher_depth_target(batch, "virtual", 0, scene["size"], config.losses, valid)
+    _depth(rows, "depth_virtual", out["depth"], depth)
 
 
 def _images(rows: dict, name: str, pred: torch.Tensor, target: torch.Tensor) -> None:

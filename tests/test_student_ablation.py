@@ -4,8 +4,9 @@ variant trains with only its loss weights changed, on the training scenes only, 
 scored on the held-out scene against the exact depth. The dataset's LiDAR has 2 beams, so
 that it leaves almost every pixel without depth, as a 32-beam LiDAR leaves most of the
 paper's (its share of the pixels is what the dense teacher depth adds): on this tiny
-setting teacher depth's direction is robust. Virtual cameras' novel-view gain is not (it
-flipped sign across seeds here): `tests/bench_student_ablation.py` measures both."""
+setting teacher depth's direction is robust in every seed. Virtual cameras' novel-view
+gain is not: single seeds flip its sign, so its test (slow) asserts the mean over four
+seeds; `tests/bench_student_ablation.py` measures both at a larger size."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from test_student_train import CONFIG
 from distillprep.scenes.synthetic.generate import SynthConfig, generate
 from distillprep.scenes.synthetic.truth import load_ground_truth_depth
 from distillprep.student.ablation import PAPER_VARIANTS, ablate
+from distillprep.student.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,15 @@ def test_each_variant_changes_only_its_loss_weights(oracle, tmp_path):
     assert all(c == configs["lidar_only"] for c in configs.values())
     for report in reports.values():
         assert report["scenes"] == ["scene-0002"] and report["frames"] == 1
-        for key in ("depth_exact_abs_rel", "novel_view_psnr", "depth_teacher_abs_rel"):
+        for key in ("depth_exact_abs_rel", "novel_view_psnr", "depth_teacher_abs_rel",
+                    "virtual_view_psnr", "depth_virtual_abs_rel"):
             assert math.isfinite(report[key]), key
+
+
+def _tiny(seed: int) -> TrainConfig:
+    """One training scene, 40 steps at a high learning rate, 32x18 input, 6 cameras."""
+    return replace(CONFIG, steps=40, lr=5e-3, resize=(32, 18), checkpoint_every=40, seed=seed,
+                   model=replace(CONFIG.model, cameras=6))
 
 
 def test_teacher_depth_helps_a_student_on_the_held_out_scene(oracle, tmp_path):
@@ -81,10 +90,26 @@ def test_teacher_depth_helps_a_student_on_the_held_out_scene(oracle, tmp_path):
     renders the held-out scene several times too far (AbsRel 3.5-4.2 over seeds 0-2);
     the same student with the teacher's dense depth 0.7-1.1."""
     data, store = oracle
-    base = replace(CONFIG, steps=40, lr=5e-3, resize=(32, 18), checkpoint_every=40, seed=0,
-                   model=replace(CONFIG.model, cameras=6))
-    reports = ablate([str(store.location.location)], tmp_path, base, ("scene-0002",), data,
+    reports = ablate([str(store.location.location)], tmp_path, _tiny(0), ("scene-0002",), data,
                      variants=("lidar_only", "teacher_depth"))
     lidar, teacher = reports["lidar_only"], reports["teacher_depth"]
     assert teacher["depth_exact_abs_rel"] < 0.6 * lidar["depth_exact_abs_rel"], reports
     assert teacher["depth_exact_delta_1_25"] > lidar["depth_exact_delta_1_25"], reports
+
+
+@pytest.mark.slow
+def test_virtual_cameras_help_novel_views_of_the_held_out_scene_on_average(oracle, tmp_path):
+    """Table 1's "+Virt" direction on the same tiny setting: the held-out scene's novel
+    views (the next frame's poses) are rendered better, on average over seeds 0-3, by the
+    student that also learnt from the teacher's virtual views. Single seeds flip: gains of
+    -0.25, +0.46, +0.80, +1.48 dB over seeds 0-3 and +1.12, +0.21, +0.03, -0.52 over seeds
+    4-7 (scratch runs), so one seed cannot carry the assertion; about 100 s."""
+    data, store = oracle
+    gains = []
+    for seed in range(4):
+        reports = ablate([str(store.location.location)], tmp_path / f"seed{seed}",
+                         _tiny(seed), ("scene-0002",), data,
+                         variants=("teacher_depth", "teacher_depth_virtual"))
+        gains.append(reports["teacher_depth_virtual"]["novel_view_psnr"]
+                     - reports["teacher_depth"]["novel_view_psnr"])
+    assert np.mean(gains) > 0.2, gains
