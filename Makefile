@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # nuscenes-devkit 1.2.0 pins numpy<2, a stale pin: it works with numpy 2. It goes in with
 # --no-deps; its real runtime dependencies are listed in pyproject.toml.
 NUSCENES_DEVKIT := nuscenes-devkit==1.2.0
+# Waymo's wheel pins TensorFlow 2.13 and numpy 1.23; with --no-deps only its protos come
+# (dataset_pb2 needs protobuf alone, pinned in pyproject.toml)
+WAYMO_PROTOS := waymo-open-dataset-tf-2-12-0==1.6.7
 DEMO_OUT ?= demo_out
 # a short teacher: enough to see the scene in its depth and virtual views, not a good fit
 DEMO_TEACHER_STEPS ?= 120
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=69" wheel
 	$(BIN)/pip install -q -e '.[dev,cpu]'
-	$(BIN)/pip install -q --no-deps $(NUSCENES_DEVKIT)
+	$(BIN)/pip install -q --no-deps $(NUSCENES_DEVKIT) $(WAYMO_PROTOS)
 	$(BIN)/python -m distillprep.teachers.nerf.hash_kernel
 	touch $(STAMP)
 

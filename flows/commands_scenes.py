@@ -16,17 +16,23 @@ def add_synth(sub) -> None:
 
     p.add_argument("--format", default="nuscenes", choices=sorted(WRITERS))
     p.add_argument("--scenes", type=int, default=2, help="how many scenes to generate")
-    p.add_argument("--frames", type=int, default=10, help="keyframes per scene (2 Hz)")
-    p.add_argument("--width", type=int, default=800)
-    p.add_argument("--height", type=int, default=450)
+    p.add_argument("--frames", type=int, default=10,
+                   help="keyframes per scene (nuScenes 2 Hz, Waymo 10 Hz)")
+    p.add_argument("--width", type=int, default=800,
+                   help="width of the rig's largest camera (nuScenes 1600, Waymo 1920; every "
+                   "camera scales with it)")
+    p.add_argument("--height", type=int, default=450,
+                   help="height of the rig's largest camera (nuScenes 900, Waymo 1280)")
     p.add_argument("--sweeps", type=int, default=0,
                    help="non-keyframe captures per sensor between keyframes (0-9)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--version", default="v1.0-mini", help="table folder name (v1.0-*)")
+    p.add_argument("--version", default="v1.0-mini",
+                   help="nuScenes table folder name (v1.0-*); Waymo ignores it")
     p.add_argument("--supersample", type=int, default=2, help="S x S colour rays per pixel")
     p.add_argument("--workers", type=int, default=0, help="render processes (0: all cores)")
-    p.add_argument("--lidar-beams", type=int, default=32,
-                   help="LiDAR beams over the HDL-32E's elevations (default 32)")
+    p.add_argument("--lidar-beams", type=int, default=None,
+                   help="beams of the main LiDAR over its elevations (default: the rig's own, "
+                   "nuScenes' HDL-32E 32, Waymo's TOP 64)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier synthetic dataset at OUT")
     p.add_argument("--json", action="store_true")
@@ -44,7 +50,8 @@ def _run_synth(args) -> int:
                          workers=args.workers, lidar_beams=args.lidar_beams)
     out = generate(args.out, args.format, config, overwrite=args.overwrite,
                    progress=None if args.json else lambda it, **kw: tqdm(it, unit="capture", **kw))
-    report = {"out": str(out), "format": args.format, "version": args.version,
+    report = {"out": str(out), "format": args.format,
+              "version": args.version if args.format == "nuscenes" else args.format[-2:],
               "scenes": args.scenes, "frames": args.frames}
     emit(args, report, f"wrote {args.scenes} {args.format} scene(s) to {out}")
     return 0

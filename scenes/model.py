@@ -78,6 +78,17 @@ class CameraSample:
     """The dataset's own id of this sample (nuScenes sample_data token)."""
     loader: Callable[[], np.ndarray] = field(repr=False, compare=False)
     """Reads the image; returns (H, W, 3) uint8."""
+    jpeg: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
+    """Reads the image's JPEG bytes where they sit inside a larger file (Waymo: a TFRecord
+    or Parquet file; `source_file` then names the image inside it); None: `source_file`
+    is the JPEG file itself."""
+
+    def load_jpeg(self) -> bytes:
+        """The image's JPEG bytes, as the dataset stores them."""
+        if self.jpeg is not None:
+            return self.jpeg()
+        with open(self.source_file, "rb") as f:
+            return f.read()
 
     def load_image(self) -> np.ndarray:
         """The image, (H, W, 3) uint8 RGB, read from `source_file` now."""
@@ -112,6 +123,9 @@ class LidarSweep:
     """The dataset's own id of this sweep."""
     loader: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, compare=False)
     """Reads the file; returns points (N, 3) in the sensor frame and intensity (N,)."""
+    contained: bool = False
+    """True when `source_file` names the sweep inside a larger file (Waymo's range images):
+    there is no file of its own to hash, so provenance hashes the points read."""
 
     def load(self) -> LidarPoints:
         """The sweep's points in world coordinates with their origins."""
@@ -195,3 +209,29 @@ class Scene:
             "duration_s": (max(times) - min(times)) / 1e6 if times else 0.0,
             **{k: v for k, v in self.metadata.items() if isinstance(v, str | int | float)},
         }
+
+
+@dataclass
+class SceneFailure:
+    """A scene that could not be read, when bad scenes are skipped."""
+
+    scene: str
+    """The scene's id (or its raw name when that is what is wrong)."""
+    error: Exception
+    """Why (a SceneError)."""
+
+    def to_json(self) -> dict:
+        return {"scene": self.scene, "error": str(self.error),
+                "file": getattr(self.error, "file", None)}
+
+
+@dataclass
+class DatasetRead:
+    """What a dataset reader returns: the scenes read and, with skip_bad, those skipped."""
+
+    version: str
+    """The dataset's version (nuScenes: v1.0-*; Waymo: its container, v1 or v2)."""
+    scenes: list[Scene] = field(default_factory=list)
+    """Scenes read, in the dataset's order."""
+    failures: list[SceneFailure] = field(default_factory=list)
+    """Scenes skipped, with why."""

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import threading
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from .errors import DatasetNotFoundError, InvalidSceneIdError, SceneDataError, S
 from .geometry import UNIT_QUATERNION_TOLERANCE, make_pose, quaternion_to_matrix
 from .ids import validate_scene_id
 from .io import check_jpeg_file, check_pcd_bin_file, read_jpeg, read_pcd_bin
-from .model import CameraSample, Frame, LidarSweep, Scene
+from .model import CameraSample, DatasetRead, Frame, LidarSweep, Scene, SceneFailure
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
            "CAM_BACK_RIGHT")
@@ -37,25 +36,8 @@ TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", 
           "sample", "sample_annotation", "sample_data", "scene", "sensor", "visibility")
 
 
-@dataclass
-class SceneFailure:
-    """A scene that could not be read, when bad scenes are skipped."""
-
-    scene: str
-    error: SceneError
-
-    def to_json(self) -> dict:
-        return {"scene": self.scene, "error": str(self.error),
-                "file": getattr(self.error, "file", None)}
-
-
-@dataclass
-class NuScenesRead:
-    """What `read_nuscenes` returns: the scenes read and, with skip_bad, those skipped."""
-
-    version: str
-    scenes: list[Scene] = field(default_factory=list)
-    failures: list[SceneFailure] = field(default_factory=list)
+NuScenesRead = DatasetRead
+"""What `read_nuscenes` returns (the readers' common result)."""
 
 
 def detect_version(dataroot: str | Path) -> str:

@@ -13,6 +13,16 @@ from .model import CameraSample, Frame
 # Surround-view layout: front cameras on top, back cameras below, as seen from the car.
 SURROUND_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
                    ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
+# Waymo's five cameras, left to right.
+WAYMO_LAYOUT = (("SIDE_LEFT", "FRONT_LEFT", "FRONT", "FRONT_RIGHT", "SIDE_RIGHT"),)
+
+
+def layout_for(frame: Frame) -> tuple[tuple[str, ...], ...]:
+    """The known layout holding the frame's cameras, else one row of them in order."""
+    for layout in (SURROUND_LAYOUT, WAYMO_LAYOUT):
+        if any(name in frame.cameras for row in layout for name in row):
+            return layout
+    return (tuple(frame.cameras),)
 
 
 def colorize_depth(depth: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
@@ -40,11 +50,13 @@ def dilate_sparse(depth: np.ndarray, radius: int = 1) -> np.ndarray:
 
 
 def frame_preview(frame: Frame, depth_of: Callable[[CameraSample], np.ndarray],
-                  layout=SURROUND_LAYOUT, tile_width: int = 480) -> np.ndarray:
+                  layout=None, tile_width: int = 480) -> np.ndarray:
     """(H, W, 3) uint8 grid: for each layout row, a row of images and a row of their depth.
 
-    depth_of(sample) returns (H, W) metres for a camera sample (0 = unknown).
+    depth_of(sample) returns (H, W) metres for a camera sample (0 = unknown); layout: rows
+    of camera names (default: `layout_for(frame)`).
     """
+    layout = layout_for(frame) if layout is None else layout
     rows = []
     for names in layout:
         images, depths = [], []

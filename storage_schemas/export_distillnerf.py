@@ -318,6 +318,10 @@ def export_distillnerf(store: Store | str | Path, out_dir: str | Path,
     """
     if not isinstance(store, Store):
         store = open_store(store)
+    if store.attrs.dataset != "nuscenes":
+        raise StoreError(f"store {store.location.location} holds {store.attrs.dataset} "
+                         "scenes: this export writes the layout of DistillNeRF's nuScenes "
+                         "loader only (its Waymo loader's layout is not written yet)")
     scene_ids = store.scenes() if scene_ids is None else list(scene_ids)
     for scene_id in scene_ids:
         _check_teacher_arrays(store, scene_id)

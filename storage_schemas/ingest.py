@@ -119,7 +119,9 @@ def _lidar_arrays(scene: Scene) -> tuple[dict[str, np.ndarray], list[str],
             index.append(sensors.index(sweep.sensor))
             world[frame.index].append(transform_points(sweep.sensor_to_world,
                                                        local.astype(np.float64)))
-            sources.append(_file_record(sweep.source_file, scene.dataroot))
+            sources.append(_file_record(sweep.source_file, scene.dataroot,
+                                        local.tobytes() + intensity[-1].tobytes()
+                                        if sweep.contained else None))
     arrays = {
         "lidar_points": np.concatenate(points) if points else np.zeros((0, 3), np.float32),
         "lidar_intensity": (np.concatenate(intensity) if intensity
@@ -154,7 +156,7 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
             raise SceneDataError(scene.scene_id, sample.source_file,
                                  f"image is {sample.width}x{sample.height}; the scene's other "
                                  f"images are {width}x{height}")
-        data = Path(sample.source_file).read_bytes()
+        data = sample.load_jpeg()
         with Image.open(io.BytesIO(data)) as image:  # header only, from the bytes read
             if image.size != (width, height) or image.format != "JPEG":
                 raise SceneDataError(scene.scene_id, sample.source_file,

@@ -22,6 +22,7 @@ from bench_student_ablation import bench_student_ablation
 from bench_teacher import bench_hash_grid
 from bench_teacher_fit import bench_teacher
 from bench_timing import best_of
+from bench_waymo import bench_waymo
 from PIL import Image
 
 from distillprep.scenes.nuscenes import read_nuscenes
@@ -99,6 +100,7 @@ def main() -> None:
         bench_position_denoising(images)
         bench_feature_codecs(images)
         bench_flows(Path(tmp))
+    bench_waymo(float(os.environ.get("DISTILLPREP_BENCH_WAYMO_FIT_MINUTES", "3")))
     bench_loader()
     bench_student()
     # the distillation ablations on held-out scenes: fast by default, =full for ~1 hour,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distillprep.scenes.datasets import read_dataset
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
 from distillprep.scenes.synthetic.render import render_view as exact_view
@@ -118,9 +119,16 @@ LATER_STEPS_FASTER = 1.2
 BENCH_SCENE = SynthConfig(scenes=1, frames=10, width=320, height=180, sweeps=5, seed=3)
 
 
-def bench_teacher_fit(root: Path, minutes: float) -> None:
+def bench_teacher_fit(root: Path, minutes: float, dataset: str = "nuscenes",
+                      prefix: str = "") -> None:
+    """Fit and score a teacher on the first scene of `root`; every printed key starts
+    with `prefix`."""
     torch.set_num_threads(2)
-    scene = read_nuscenes(root, sweeps=True).scenes[0]
+    scene = read_dataset(dataset, str(root), sweeps=True).scenes[0]
+
+    def say(line: str) -> None:  # table rows (indented) stay as they are
+        print(line if line.startswith("  ") else prefix + line)
+
     train_frames, held = holdout_frames(scene, 2)
     config = FitConfig(steps=10**9, log_every=5)
     start = time.perf_counter()
@@ -134,65 +142,65 @@ def bench_teacher_fit(root: Path, minutes: float) -> None:
     steps = int(LATER_STEPS_FASTER * minutes * 60 / (probe.wall_time_s / CALIBRATION_STEPS))
     config = dataclasses.replace(config, steps=steps)
     state.teacher.config = config
-    print(f"teacher.scheduled_steps: {steps} (from {CALIBRATION_STEPS} calibration steps)")
+    say(f"teacher.scheduled_steps: {steps} (from {CALIBRATION_STEPS} calibration steps)")
     rows, every = [], max(60.0, minutes * 60 / 8)
     marks = [every * (i + 1) for i in range(int(minutes * 60 / every))]
 
     def callback(step, record, teacher):
         if marks and record["seconds"] >= marks[0]:
             marks.pop(0)
-            figures = score_real(teacher, scene, root, held, ["CAM_FRONT"])
+            figures = score_real(teacher, scene, root, held, [scene.camera_names[0]])
             rows.append((step, record["seconds"], figures))
         return not marks
 
     train(state, rays, config.steps, callback)
     fit_s = state.wall_time_s
-    print(f"teacher.backend: {state.teacher.field.grid.backend}")
-    print(f"teacher.prepare_s: {prepare:.1f}")
-    print(f"teacher.fit_minutes: {fit_s / 60:.1f}")
-    print(f"teacher.steps: {state.step}")
-    print(f"teacher.camera_rays_per_s: {state.step * config.camera_rays / fit_s:.0f}")
-    print("teacher.progress (step, minutes, held-out PSNR of the front cameras, depth "
+    say(f"teacher.backend: {state.teacher.field.grid.backend}")
+    say(f"teacher.prepare_s: {prepare:.1f}")
+    say(f"teacher.fit_minutes: {fit_s / 60:.1f}")
+    say(f"teacher.steps: {state.step}")
+    say(f"teacher.camera_rays_per_s: {state.step * config.camera_rays / fit_s:.0f}")
+    say("teacher.progress (step, minutes, held-out PSNR of the front cameras, depth "
           "AbsRel non-sky: expected, median):")
     for step, seconds, figures in rows:
-        print(f"  {step:6d} {seconds / 60:6.1f} {figures['psnr']:7.2f} "
+        say(f"  {step:6d} {seconds / 60:6.1f} {figures['psnr']:7.2f} "
               f"{figures['teacher.abs_rel']:7.3f} {figures['teacher_median.abs_rel']:7.3f}")
     final = score_real(state.teacher, scene, root, held, list(scene.camera_names))
-    print(f"teacher.heldout_psnr_db: {final['psnr']:.2f}")
+    say(f"teacher.heldout_psnr_db: {final['psnr']:.2f}")
     for who in ("teacher", "teacher_median", "lidar"):
         for where, key in (("non_sky", who), ("no_lidar_return", f"{who}_no_lidar")):
-            print(f"{who}.depth_abs_rel.{where}: {final[key + '.abs_rel']:.3f}")
-            print(f"{who}.depth_delta_1_25.{where}: {final[key + '.delta_1_25']:.3f}")
+            say(f"{who}.depth_abs_rel.{where}: {final[key + '.abs_rel']:.3f}")
+            say(f"{who}.depth_delta_1_25.{where}: {final[key + '.delta_1_25']:.3f}")
     # Where the error lives: far facades and the ground near the horizon, beyond the
     # LiDAR's reach, weigh far more than their share of the pixels.
-    print(f"teacher.depth_abs_rel.non_sky_within_{FAR_M:g}m: "
+    say(f"teacher.depth_abs_rel.non_sky_within_{FAR_M:g}m: "
           f"{final['teacher_within.abs_rel']:.3f}")
-    print(f"teacher.depth_abs_rel.non_sky_beyond_{FAR_M:g}m: "
+    say(f"teacher.depth_abs_rel.non_sky_beyond_{FAR_M:g}m: "
           f"{final['teacher_beyond.abs_rel']:.3f} ({final['beyond_share'] * 100:.1f} % of "
           "the non-sky pixels)")
     # What the store holds: depth of keyframes the teacher was fitted on (two of them).
     fitted = [f.index for f in scene.frames if f.is_keyframe and f.index not in held]
     seen = score_real(state.teacher, scene, root, fitted[2:6:3], list(scene.camera_names))
-    print(f"teacher.fitted_keyframes_psnr_db: {seen['psnr']:.2f}")
+    say(f"teacher.fitted_keyframes_psnr_db: {seen['psnr']:.2f}")
     for who in ("teacher", "teacher_median", "lidar"):
-        print(f"{who}.fitted_keyframes.depth_abs_rel.non_sky: {seen[who + '.abs_rel']:.3f}")
-        print(f"{who}.fitted_keyframes.depth_abs_rel.no_lidar_return: "
+        say(f"{who}.fitted_keyframes.depth_abs_rel.non_sky: {seen[who + '.abs_rel']:.3f}")
+        say(f"{who}.fitted_keyframes.depth_abs_rel.no_lidar_return: "
               f"{seen[who + '_no_lidar.abs_rel']:.3f}")
     start = time.perf_counter()
     virtual = score_virtual(state.teacher, scene, root, held)
-    print(f"teacher.virtual_psnr_db: {virtual['psnr']:.2f}")
-    print(f"teacher.virtual_depth_abs_rel: {virtual['abs_rel']:.3f}")
-    print(f"teacher.virtual_views: {virtual['views']} ({virtual['dropped']} dropped)")
-    print(f"teacher.render_s_per_view: "
+    say(f"teacher.virtual_psnr_db: {virtual['psnr']:.2f}")
+    say(f"teacher.virtual_depth_abs_rel: {virtual['abs_rel']:.3f}")
+    say(f"teacher.virtual_views: {virtual['views']} ({virtual['dropped']} dropped)")
+    say(f"teacher.render_s_per_view: "
           f"{(time.perf_counter() - start) / max(1, virtual['views']):.2f} "
           "(teacher and exact render)")
     # a rendered ray takes two passes of 64 samples, a training ray 24 samples with backward
-    print(f"teacher.render_rays_per_s: {virtual['rays_per_s']:.0f}")
-    print(f"teacher.render_ratio_to_training_camera_rays_per_s: "
+    say(f"teacher.render_rays_per_s: {virtual['rays_per_s']:.0f}")
+    say(f"teacher.render_ratio_to_training_camera_rays_per_s: "
           f"{virtual['rays_per_s'] / (state.step * config.camera_rays / fit_s):.2f}")
-    print("teacher.profile (share of self CPU time per operator, 5 steps):")
+    say("teacher.profile (share of self CPU time per operator, 5 steps):")
     for name, share in profile_steps(state, rays):
-        print(f"  {share * 100:5.1f} %  {name}")
+        say(f"  {share * 100:5.1f} %  {name}")
 
 
 def bench_dynamic(root: Path, minutes: float) -> None:

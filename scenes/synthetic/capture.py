@@ -1,10 +1,10 @@
 """When each sensor fires and where the ego is then: format-agnostic capture plans.
 
-A scene is `frames` keyframes 0.5 s apart (nuScenes' 2 Hz), each with one LiDAR sweep
-at the keyframe time and one image per camera at that time plus the camera's trigger
-delay, so that cameras of one keyframe fire at slightly different times while the ego
-moves. `sweeps` extra captures of every sensor sit evenly between consecutive keyframes.
-Dataset writers turn these events into their own files and tables.
+A scene is `frames` keyframes `Rig.keyframe_interval_us` apart (nuScenes' 0.5 s, Waymo's
+0.1 s), each with one LiDAR sweep at the keyframe time and one image per camera at that
+time plus the camera's trigger delay, so that cameras of one keyframe fire at slightly
+different times while the ego moves. `sweeps` extra captures of every sensor sit evenly
+between consecutive keyframes. Dataset writers turn these events into their own files and tables.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def capture_plan(rig: Rig, frames: int, sweeps: int) -> list[CaptureEvent]:
     if not 0 <= sweeps <= 9:
         raise ConfigError(f"sweeps must be between 0 and 9, got {sweeps}")
     events = []
+    interval = rig.keyframe_interval_us
     for k in range(frames):
         for j in range(sweeps + 1 if k < frames - 1 else 1):
-            base = k * KEYFRAME_INTERVAL_US + j * KEYFRAME_INTERVAL_US // (sweeps + 1)
+            base = k * interval + j * interval // (sweeps + 1)
             for lidar in rig.lidars:
                 events.append(CaptureEvent(lidar.name, "lidar", k, j, base))
             for cam in rig.cameras:
@@ -67,8 +68,9 @@ def capture_plan(rig: Rig, frames: int, sweeps: int) -> list[CaptureEvent]:
 
 def scene_duration_s(frames: int, rig: Rig) -> float:
     """Seconds from the first to the last capture of a scene."""
-    last_offset = max(c.fire_offset_us for c in rig.cameras)
-    return ((frames - 1) * KEYFRAME_INTERVAL_US + last_offset) / 1e6
+    last_offset = max([c.fire_offset_us for c in rig.cameras]
+                      + [getattr(m.spec, "spin_us", 0) for m in rig.lidars])
+    return ((frames - 1) * rig.keyframe_interval_us + last_offset) / 1e6
 
 
 def ego_to_world(world: World, t: float) -> np.ndarray:

@@ -18,9 +18,11 @@ from ..errors import ConfigError, OutputExistsError
 from .builder import WorldConfig, build_world
 from .capture import CaptureEvent, capture_plan, ego_to_world, scene_duration_s
 from .nuscenes_writer import NuScenesWriter
+from .range_scan import RangeImageSpec, RangeScan, cast_range_image
 from .render import LidarScan, RenderedView, cast_lidar, render_view
-from .rig import NUSCENES_RIG, Rig
+from .rig import NUSCENES_RIG, WAYMO_RIG, Rig
 from .truth import has_ground_truth
+from .waymo_writer import WaymoWriter
 from .world import World
 
 SCENE_SPACING_US = 3_600_000_000
@@ -34,11 +36,12 @@ class SynthConfig:
     scenes: int = 2
     """Number of scenes."""
     frames: int = 10
-    """Keyframes per scene (2 Hz)."""
+    """Keyframes per scene (nuScenes 2 Hz, Waymo 10 Hz)."""
     width: int = 800
-    """Image width in pixels (the rig's intrinsics scale with it)."""
+    """Image width in pixels of the rig's largest camera (every camera's size and
+    intrinsics scale with it: nuScenes 1600, Waymo 1920)."""
     height: int = 450
-    """Image height in pixels."""
+    """Image height in pixels of the rig's largest camera (nuScenes 900, Waymo 1280)."""
     sweeps: int = 0
     """Non-keyframe captures of every sensor between consecutive keyframes (0-9)."""
     seed: int = 0
@@ -49,18 +52,23 @@ class SynthConfig:
     """Anti-aliasing: S x S colour rays per pixel (depth always from the pixel centre)."""
     workers: int = 0
     """Render processes; 0 uses every core."""
-    lidar_beams: int = 32
-    """Beams of the LiDAR, spread over the HDL-32E's -30.67..+10.67 degrees (32: the
-    HDL-32E; fewer keep its sparsity in render pixels when images are shrunk)."""
+    lidar_beams: int | None = None
+    """Beams of the main LiDAR respaced over its elevations (nuScenes' HDL-32E: 32 over
+    -30.67..+10.67 degrees; Waymo's TOP: 64 over -17.6..+2.4); None: the rig's own.
+    Fewer keep its sparsity in render pixels when images are shrunk."""
 
 
 @dataclass(frozen=True)
 class _Format:
     rig: Rig
     writer: Callable
+    sweeps: bool = True
+    """Whether the format has non-keyframe captures (Waymo: every frame is a keyframe)."""
 
 
-WRITERS = {"nuscenes": _Format(NUSCENES_RIG, NuScenesWriter)}
+WRITERS = {"nuscenes": _Format(NUSCENES_RIG, NuScenesWriter),
+           "waymo-v1": _Format(WAYMO_RIG, partial(WaymoWriter, container="v1"), sweeps=False),
+           "waymo-v2": _Format(WAYMO_RIG, partial(WaymoWriter, container="v2"), sweeps=False)}
 
 
 def scene_seed(seed: int, index: int) -> int:
@@ -68,13 +76,13 @@ def scene_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def with_lidar_beams(rig: Rig, beams: int) -> Rig:
-    """The rig with each LiDAR's beams respaced to `beams` over the same elevations."""
-    if all(len(m.spec.elevations_deg) == beams for m in rig.lidars):
+def with_lidar_beams(rig: Rig, beams: int | None) -> Rig:
+    """The rig with each LiDAR's listed beams respaced to `beams` over the same elevations
+    (None: the rig's own)."""
+    if beams is None:
         return rig
-    return replace(rig, lidars=tuple(replace(m, spec=replace(m.spec, elevations_deg=tuple(
-        float(v) for v in np.linspace(min(m.spec.elevations_deg), max(m.spec.elevations_deg),
-                                      beams)))) for m in rig.lidars))
+    return replace(rig, lidars=tuple(replace(m, spec=m.spec.with_beams(beams))
+                                     for m in rig.lidars))
 
 
 def scene_name(index: int) -> str:
@@ -82,16 +90,21 @@ def scene_name(index: int) -> str:
 
 
 def render_capture(world: World, rig: Rig, width: int, height: int, supersample: int,
-                   event: CaptureEvent) -> tuple[np.ndarray, RenderedView | LidarScan]:
-    """Ego pose (4, 4) at the capture time and what the sensor recorded."""
+                   event: CaptureEvent,
+                   ) -> tuple[np.ndarray, RenderedView | LidarScan | RangeScan]:
+    """Ego pose (4, 4) at the capture time and what the sensor recorded (a camera of the
+    rig at its own size when the rig's reference size renders at width x height)."""
     ego = ego_to_world(world, event.t)
     if event.modality == "lidar":
         lidar = rig.lidar(event.sensor)
+        if isinstance(lidar.spec, RangeImageSpec):
+            return ego, cast_range_image(world, lidar.sensor_to_ego(), lidar.spec, event.t,
+                                         partial(ego_to_world, world))
         return ego, cast_lidar(world, ego @ lidar.sensor_to_ego(), event.t, lidar.spec)
     cam = rig.camera(event.sensor)
-    view = render_view(world, cam.intrinsics(width, height), ego @ cam.cam_to_ego(), event.t,
-                       width, height, supersample=supersample,
-                       count_visibility=event.is_keyframe)
+    w, h = rig.camera_size(cam, width, height)
+    view = render_view(world, cam.intrinsics(w, h), ego @ cam.cam_to_ego(), event.t,
+                       w, h, supersample=supersample, count_visibility=event.is_keyframe)
     return ego, view
 
 
@@ -106,6 +119,9 @@ def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None 
         raise ConfigError(f"unknown format {fmt!r}; choose from {sorted(WRITERS)}")
     if config.width < 16 or config.height < 16:
         raise ConfigError(f"image size {config.width}x{config.height} is too small (min 16x16)")
+    if config.sweeps and not WRITERS[fmt].sweeps:
+        raise ConfigError(f"--sweeps {config.sweeps}: {fmt} has no sweeps (every frame is a "
+                          "keyframe); leave it at 0")
     if config.scenes < 1:
         raise ConfigError(f"--scenes must be at least 1, got {config.scenes}")
     out = Path(out)
@@ -117,7 +133,7 @@ def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None 
             raise OutputExistsError(f"{out} is not empty and is not an earlier `distillprep "
                                   "synth` output (no ground_truth/world.json): not touching it")
         shutil.rmtree(out)
-    if not 1 <= config.lidar_beams <= 128:
+    if config.lidar_beams is not None and not 1 <= config.lidar_beams <= 128:
         raise ConfigError(f"--lidar-beams must be 1..128, got {config.lidar_beams}")
     spec = replace(WRITERS[fmt], rig=with_lidar_beams(WRITERS[fmt].rig, config.lidar_beams))
     writer = spec.writer(out, config.version, spec.rig, config.width, config.height,

@@ -8,7 +8,7 @@ Time `t` is in seconds from the scene start (moving cars are where they are at t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,13 @@ class LidarSpec:
     """Returns beyond this range (metres) are dropped."""
     min_range: float = 1.0
     """Returns closer than this are dropped."""
+
+    def with_beams(self, beams: int) -> LidarSpec:
+        """The spec with its beams respaced to `beams` over the same elevations."""
+        if len(self.elevations_deg) == beams:
+            return self
+        lo, hi = min(self.elevations_deg), max(self.elevations_deg)
+        return replace(self, elevations_deg=tuple(float(v) for v in np.linspace(lo, hi, beams)))
 
 
 HDL32E = LidarSpec(tuple(float(v) for v in np.linspace(-30.67, 10.67, 32)))
@@ -136,8 +143,14 @@ def cast_lidar(world: World, sensor_to_world: np.ndarray, t: float,
     dirs = local_dirs @ sensor_to_world[:3, :3].T
     hits: Hits = cast_rays(prims.subset(near), origin, dirs)
     keep = np.isfinite(hits.t) & (hits.t <= spec.max_range) & (hits.t >= spec.min_range)
-    cos_incidence = np.abs((hits.normal * dirs).sum(axis=1))
-    reflect = albedo(world, hits).mean(axis=1)
-    intensity = np.clip(255.0 * reflect * (0.3 + 0.7 * cos_incidence), 0.0, 255.0)
+    intensity = lidar_intensity(world, hits, dirs)
     return LidarScan(local_dirs[keep] * hits.t[keep, None], intensity[keep].astype(np.float32),
                      ring[keep], hits.obj[keep])
+
+
+def lidar_intensity(world: World, hits: Hits, dirs: np.ndarray) -> np.ndarray:
+    """(M,) return strength in [0, 255] of rays dirs (M, 3) unit world: the surface's
+    albedo, dimmed at grazing incidence."""
+    cos_incidence = np.abs((hits.normal * dirs).sum(axis=1))
+    reflect = albedo(world, hits).mean(axis=1)
+    return np.clip(255.0 * reflect * (0.3 + 0.7 * cos_incidence), 0.0, 255.0)
