@@ -206,3 +206,16 @@ def test_ingest_stores_the_segment_and_export_refuses_it_clearly(waymo, tmp_path
     capsys.readouterr()
     assert cli(["export", "distillnerf", str(store_path), str(tmp_path / "out")]) == 1
     assert "holds waymo scenes" in capsys.readouterr().err
+
+
+def test_preview_lays_out_waymo_cameras_left_to_right(both, tmp_path):
+    from PIL import Image
+
+    from distillprep.flows.cli import main as cli
+
+    out = tmp_path / "preview.png"
+    assert cli(["preview", str(both["v1"]), "--dataset", "waymo", "--out", str(out),
+                "--json"]) == 0
+    image = np.asarray(Image.open(out))
+    # the three front cameras in one row of images over one row of their exact depth
+    assert image.shape == (2 * 320, 3 * 480, 3)
