@@ -33,6 +33,9 @@ def add_synth(sub) -> None:
     p.add_argument("--lidar-beams", type=int, default=None,
                    help="beams of the main LiDAR over its elevations (default: the rig's own, "
                    "nuScenes' HDL-32E 32, Waymo's TOP 64)")
+    p.add_argument("--sky-masks", action="store_true",
+                   help="write every image's exact sky mask under OUT/sky_masks, where "
+                   "`ingest --sky-masks` reads a segmentation model's")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier synthetic dataset at OUT")
     p.add_argument("--json", action="store_true")
@@ -47,7 +50,8 @@ def _run_synth(args) -> int:
     config = SynthConfig(scenes=args.scenes, frames=args.frames, width=args.width,
                          height=args.height, sweeps=args.sweeps, seed=args.seed,
                          version=args.version, supersample=args.supersample,
-                         workers=args.workers, lidar_beams=args.lidar_beams)
+                         workers=args.workers, lidar_beams=args.lidar_beams,
+                         sky_masks=args.sky_masks)
     out = generate(args.out, args.format, config, overwrite=args.overwrite,
                    progress=None if args.json else lambda it, **kw: tqdm(it, unit="capture", **kw))
     report = {"out": str(out), "format": args.format,

@@ -27,6 +27,10 @@ def add_ingest(sub) -> None:
     p.add_argument("--sweeps", action="store_true",
                    help="ingest the camera and LiDAR sweeps between keyframes too (what a "
                    "teacher fits on, as EmerNeRF does)")
+    p.add_argument("--sky-masks", action="store_true",
+                   help="ingest every image's sky mask too, from DATAROOT/sky_masks/<the "
+                   "image's path>.png (a segmentation model's, nonzero on sky); the "
+                   "teacher then takes the sky from them instead of the LiDAR")
     p.add_argument("--force", action="store_true",
                    help="rewrite scenes already committed (also one of another source "
                    "under the same id)")
@@ -48,7 +52,8 @@ def run_ingest(args) -> int:
                         scenes=args.scenes, sweeps=args.sweeps, skip_bad=True)
     store = create_store(args.out, args.dataset, read.version,
                          storage_options=storage_options(args))
-    config = IngestConfig(dataset=args.dataset, version=read.version, sweeps=args.sweeps)
+    config = IngestConfig(dataset=args.dataset, version=read.version, sweeps=args.sweeps,
+                          sky_masks=args.sky_masks)
     result = ingest(store, read.scenes, config, force=args.force,
                     replace_outputs=args.replace_outputs,
                     progress=None if args.json else lambda it: tqdm(it, unit="scene"))

@@ -1,7 +1,7 @@
 """The config of `distillprep prepare`: one file (YAML, TOML or JSON) holding every stage's
 config. Omitted fields keep their defaults; unknown ones are refused naming the field.
 
-    ingest:   {sweeps: true}
+    ingest:   {sweeps: true, sky_masks: false}
     teacher:  {steps: 2000, holdout: 2, fit: {...FitConfig fields}}
     render:   {samples: keyframes, render: {scale: 0.5, virtual: {...}}}
     features:
@@ -39,6 +39,8 @@ class IngestOptions:
     them, as EmerNeRF does)."""
     version: str | None = None
     """Dataset version (None: detected when the dataroot holds only one)."""
+    sky_masks: bool = False
+    """Ingest every image's sky mask from `{dataroot}/sky_masks` (`scenes.sky_masks`)."""
 
 
 @dataclass(frozen=True)

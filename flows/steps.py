@@ -88,7 +88,8 @@ def discover(target: Target, config: PrepareConfig, scenes: list[str] | None = N
 def _ingest_config(target: Target, config: PrepareConfig, version: str):
     from distillprep.storage_schemas.ingest import IngestConfig
 
-    return IngestConfig(dataset=target.dataset, version=version, sweeps=config.ingest.sweeps)
+    return IngestConfig(dataset=target.dataset, version=version, sweeps=config.ingest.sweeps,
+                        sky_masks=config.ingest.sky_masks)
 
 
 def ingest_step(target: Target, config: PrepareConfig, version: str, scene_id: str,

@@ -82,6 +82,9 @@ class CameraSample:
     """Reads the image's JPEG bytes where they sit inside a larger file (Waymo: a TFRecord
     or Parquet file; `source_file` then names the image inside it); None: `source_file`
     is the JPEG file itself."""
+    sky: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Reads the image's sky mask (H, W) bool, a segmentation model's (`scenes.sky_masks`);
+    None: the dataset gives none for it."""
 
     def load_jpeg(self) -> bytes:
         """The image's JPEG bytes, as the dataset stores them."""
@@ -89,6 +92,10 @@ class CameraSample:
             return self.jpeg()
         with open(self.source_file, "rb") as f:
             return f.read()
+
+    def load_sky(self) -> np.ndarray | None:
+        """The image's sky mask (H, W) bool, True on sky; None when it has none."""
+        return None if self.sky is None else self.sky()
 
     def load_image(self) -> np.ndarray:
         """The image, (H, W, 3) uint8 RGB, read from `source_file` now."""

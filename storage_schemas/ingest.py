@@ -29,6 +29,7 @@ from distillprep.scenes.errors import ConflictError, SceneDataError, SceneError
 from distillprep.scenes.geometry import transform_points
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import sparse_depth_map
+from distillprep.scenes.sky_masks import sky_mask_file, with_sky_masks
 
 from .attrs import CommitRecord, SceneAttrs, SourceFile, config_hash, content_fingerprint
 from .errors import OutputsWouldGoStaleError, SceneSourceError, StoreError
@@ -53,6 +54,10 @@ class IngestConfig:
     sweeps: bool = False
     """Also ingest the frames between keyframes (camera and LiDAR sweeps): what a teacher
     fits on, as EmerNeRF does."""
+    sky_masks: bool = False
+    """Also ingest every image's sky mask from `{dataroot}/sky_masks` (`scenes.sky_masks`:
+    a segmentation model's output; the teacher then takes the sky from them, not from the
+    LiDAR). Every image of a scene must have one."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,7 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
     frame_of = {id(s): f.index for f in scene.frames for s in f.cameras.values()}
     cameras = list(scene.camera_names)
     lidar, lidars, returns, lidar_sources = _lidar_arrays(scene)
-    jpegs, depths, sources = [], [], []
+    jpegs, depths, skies, sources = [], [], [], []
     for sample in samples:
         if (sample.width, sample.height) != (width, height):
             raise SceneDataError(scene.scene_id, sample.source_file,
@@ -165,6 +170,13 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
         jpegs.append(data)
         sources.append(_file_record(sample.source_file, scene.dataroot, data))
         depths.append(sparse_depth_map(sample, returns[frame_of[id(sample)]]))
+        if sample.sky is not None:
+            skies.append(sample.load_sky())
+            sources.append(_file_record(str(sky_mask_file(scene.dataroot, sample.source_file)),
+                                        scene.dataroot))
+    if skies and len(skies) != len(samples):
+        raise SceneDataError(scene.scene_id, None, f"{len(skies)} of the scene's "
+                             f"{len(samples)} images have sky masks: all or none")
     sources.extend(lidar_sources)
     longest = max(len(j) for j in jpegs)
     jpeg_array = np.zeros((len(samples), longest), dtype=np.uint8)
@@ -185,6 +197,8 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
         "frame_is_keyframe": np.array([f.is_keyframe for f in scene.frames], dtype=np.uint8),
         **lidar,
     }
+    if skies:
+        arrays["sky_mask"] = np.stack(skies).astype(np.uint8)
     dims = {"N": len(samples), "F": len(scene.frames), "H": height, "W": width, "J": longest,
             "S": len(lidar["lidar_sweep_points"]), "P": len(lidar["lidar_points"])}
     _, shards = chunk_layout(ARRAYS["rgb_jpeg"], jpeg_array.shape)
@@ -212,6 +226,15 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
     return arrays, dims, pa.table(rows), sources, lidars
 
 
+def settings_hash(config: IngestConfig) -> str:
+    """The hash that says whether a scene is done: of the config, less `sky_masks` when
+    off (added later: scenes committed before it stay done)."""
+    settings = asdict(config)
+    if not settings["sky_masks"]:
+        del settings["sky_masks"]
+    return config_hash(settings)
+
+
 def source_id(scene: Scene) -> str:
     """The dataset's own identity of a scene (nuScenes: its scene token), which the store
     keeps so that two scenes of one id from different sources are told apart."""
@@ -227,7 +250,7 @@ def ingest_committed(store: Store, scene_id: str, config: IngestConfig,
         return None
     record = head.provenance
     same_root = Path(record.dataroot).resolve() == Path(dataroot).resolve()
-    if (same_root and record.config_hash == config_hash(asdict(config))
+    if (same_root and record.config_hash == settings_hash(config)
             and record.code_version == CODE_VERSION):
         return head
     return None
@@ -254,10 +277,12 @@ def ingest_scene(store: Store, scene: Scene, config: IngestConfig, force: bool =
                 f"scene {scene.scene_id!r}: the store holds the scene {theirs} under this id "
                 f"(read from {head.provenance.dataroot}), the dataset's is {ours} (in "
                 f"{scene.dataroot}): another scene of the same id; pass --force to replace it")
-        if (not force and head.provenance.config_hash == config_hash(settings)
+        if (not force and head.provenance.config_hash == settings_hash(config)
                 and head.provenance.code_version == CODE_VERSION):
             return IngestResult(scene.scene_id, "skipped", head)
     before = store.scene(scene.scene_id) if head is not None else None
+    if config.sky_masks:
+        scene = with_sky_masks(scene)
     arrays, dims, manifest, sources, lidars = scene_payload(scene)
     later = sorted(s for s in (before.commits if before else {}) if s != "ingest")
     if later and not replace_outputs and before.fingerprint != content_fingerprint(
@@ -267,7 +292,7 @@ def ingest_scene(store: Store, scene: Scene, config: IngestConfig, force: bool =
             f"store, from which its {', '.join(later)} outputs were made; ingesting it makes "
             "them stale (to be made again): pass --replace-outputs to do it anyway")
     provenance = IngestProvenance(
-        stage="ingest", config=settings, config_hash=config_hash(settings),
+        stage="ingest", config=settings, config_hash=settings_hash(config),
         code_version=CODE_VERSION, package_version=package_version(),
         finished_at=datetime.now(UTC), wall_time_s=time.perf_counter() - start,
         reader=config.dataset, dataroot=scene.dataroot, sweeps=config.sweeps, source_id=ours)

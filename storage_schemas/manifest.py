@@ -49,6 +49,9 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
+OPTIONAL_COLUMNS = ("has_sky_mask",)
+"""Columns added to schema version 3 later: a part without one reads as all false."""
+
 KEY_COLUMNS = ("scene_id", "sample_index")
 """Columns every stage's part has: the row's identity."""
 
@@ -125,6 +128,9 @@ def part_from_parquet_bytes(data: bytes, stage: str, where: str) -> pa.Table:
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise MetadataError(f"{where}: not a readable parquet file: {exc}") from None
     schema = part_schema(stage)
+    for name in OPTIONAL_COLUMNS:  # parts written before the column existed
+        if name in schema.names and name not in table.column_names:
+            table = table.append_column(name, pa.array([False] * table.num_rows, pa.bool_()))
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise MetadataError(f"{where}: columns {missing} are missing")

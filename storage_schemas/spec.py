@@ -86,6 +86,8 @@ ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
        "length of each sample's JPEG in rgb_jpeg"),
     _a("lidar_depth", "float16", ("N", "H", "W"), "m", (0.0, 65504.0), "ingest", True,
        "zstd-1", "LiDAR projected to the image: nearest return's camera z per pixel, 0 = none"),
+    _a("sky_mask", "uint8", ("N", "H", "W"), "", (0, 1), "ingest", True, "zstd-1",
+       "1 on sky: the dataset's segmentation masks (`ingest --sky-masks`); absent without"),
     _a("intrinsics", "float64", ("N", 3, 3), "px", None, "ingest", False, "zstd-1",
        "K, OpenCV pixel convention"),
     _a("cam_to_world", "float64", ("N", 4, 4), "m", None, "ingest", False, "zstd-1",
@@ -216,8 +218,11 @@ def stage_arrays(stage: str) -> tuple[str, ...]:
 
 
 def optional_arrays(stage: str, has_views: bool) -> tuple[str, ...]:
-    """Arrays of a stage that a scene may lack: a feature family's virtual-view features
-    when the scene has no virtual views (no current teacher outputs)."""
+    """Arrays of a stage that a scene may lack: the sky masks (a dataset may have none), a
+    feature family's virtual-view features when the scene has no virtual views (no
+    current teacher outputs)."""
+    if stage == "ingest":
+        return ("sky_mask",)
     if stage.endswith("_features") and not has_views:
         return (stage.replace("_features", "_virtual_features"),)
     return ()

@@ -2,7 +2,8 @@
 what lets the teacher fit and render from the store alone, with no dataroot.
 
 Poses, calibration and timestamps come from the ingest arrays exactly as written; images
-decode from the stored JPEG bytes when a stage asks for them; LiDAR sweeps give their
+decode from the stored JPEG bytes when a stage asks for them, sky masks likewise where the
+scene was ingested with them; LiDAR sweeps give their
 points (in the sweep's sensor frame, as the dataset stored them) moved to world with the
 sweep's own pose, as a dataset reader does.
 """
@@ -53,6 +54,10 @@ def _image(view: SceneView, index: int, nbytes: int, where: str) -> np.ndarray:
         raise SceneDataError(view.scene_id, where, str(exc)) from None
 
 
+def _sky(view: SceneView, index: int) -> np.ndarray:
+    return np.asarray(view["sky_mask"][index]) != 0
+
+
 def load_scene(store: Store, scene_id: str, view: SceneView | None = None) -> Scene:
     """The committed scene as a `Scene`: every frame the store holds (keyframes, and the
     sweep frames when they were ingested), cameras and LiDAR sweeps. `Scene.dataroot` is
@@ -68,6 +73,7 @@ def load_scene(store: Store, scene_id: str, view: SceneView | None = None) -> Sc
     t = {name: np.asarray(view[name][...]) for name in _TABLES}
     manifest = view.manifest().select(["is_keyframe", "source_file"]).to_pydict()
     points = _Points(view, t["lidar_sweep_points"])
+    has_sky = "sky_mask" in view
     cameras: list[dict[str, CameraSample]] = [{} for _ in range(attrs.num_frames)]
     for i in range(attrs.num_samples):
         camera = attrs.cameras[int(t["camera_index"][i])]
@@ -78,7 +84,8 @@ def load_scene(store: Store, scene_id: str, view: SceneView | None = None) -> Sc
             intrinsics=t["intrinsics"][i], cam_to_world=t["cam_to_world"][i],
             width=attrs.width, height=attrs.height, source_file=source,
             is_keyframe=bool(manifest["is_keyframe"][i]), token=f"{scene_id}#{i}",
-            loader=partial(_image, view, i, int(t["rgb_jpeg_nbytes"][i]), where))
+            loader=partial(_image, view, i, int(t["rgb_jpeg_nbytes"][i]), where),
+            sky=partial(_sky, view, i) if has_sky else None)
     sweeps: list[list[LidarSweep]] = [[] for _ in range(attrs.num_frames)]
     for s in range(len(t["lidar_sweep_points"])):
         sensor = attrs.lidars[int(t["lidar_sensor_index"][s])]

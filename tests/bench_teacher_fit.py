@@ -25,6 +25,7 @@ import torch
 
 from distillprep.scenes.datasets import read_dataset
 from distillprep.scenes.nuscenes import read_nuscenes
+from distillprep.scenes.sky_masks import with_sky_masks
 from distillprep.scenes.synthetic.generate import SynthConfig, generate, load_worlds
 from distillprep.scenes.synthetic.render import render_view as exact_view
 from distillprep.scenes.synthetic.truth import load_ground_truth_depth, moving_object_mask
@@ -120,11 +121,13 @@ BENCH_SCENE = SynthConfig(scenes=1, frames=10, width=320, height=180, sweeps=5, 
 
 
 def bench_teacher_fit(root: Path, minutes: float, dataset: str = "nuscenes",
-                      prefix: str = "") -> None:
-    """Fit and score a teacher on the first scene of `root`; every printed key starts
-    with `prefix`."""
+                      prefix: str = "", sky_masks: bool = False) -> None:
+    """Fit and score a teacher on the first scene of `root` (with the dataset's sky masks
+    when `sky_masks`, else the LiDAR's); every printed key starts with `prefix`."""
     torch.set_num_threads(2)
     scene = read_dataset(dataset, str(root), sweeps=True).scenes[0]
+    if sky_masks:
+        scene = with_sky_masks(scene)
 
     def say(line: str) -> None:  # table rows (indented) stay as they are
         print(line if line.startswith("  ") else prefix + line)

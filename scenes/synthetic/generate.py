@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, OutputExistsError
+from ..sky_masks import SKY_MASK_DIR
 from .builder import WorldConfig, build_world
 from .capture import CaptureEvent, capture_plan, ego_to_world, scene_duration_s
 from .nuscenes_writer import NuScenesWriter
@@ -56,6 +57,9 @@ class SynthConfig:
     """Beams of the main LiDAR respaced over its elevations (nuScenes' HDL-32E: 32 over
     -30.67..+10.67 degrees; Waymo's TOP: 64 over -17.6..+2.4); None: the rig's own.
     Fewer keep its sparsity in render pixels when images are shrunk."""
+    sky_masks: bool = False
+    """Also write every image's sky mask where `ingest --sky-masks` reads them
+    (`scenes.sky_masks`): the exact ones, standing in for a segmentation model's."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ def generate(out: str | Path, fmt: str = "nuscenes", config: SynthConfig | None 
                 writer.add_capture(event, ego, result)
             writer.end_scene()
     writer.finish()
+    if config.sky_masks:  # the exact masks, at the dataset's own layout for them
+        shutil.copytree(out / "ground_truth" / "sky", out / SKY_MASK_DIR)
     truth = out / "ground_truth" / "world.json"
     truth.parent.mkdir(parents=True, exist_ok=True)
     truth.write_text(json.dumps({

@@ -16,7 +16,7 @@ from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import image_pixels, pixel_rays
 from distillprep.teachers.errors import TeacherDataError
 
-from .sky import SkyMaskConfig, lidar_masks, scene_returns
+from .sky import SkyMaskConfig, pixel_masks, scene_returns
 
 MIN_FRAMES = 3
 BLACK_IMAGE_MEAN = 2.0
@@ -42,10 +42,10 @@ class CameraRays:
     pixel: np.ndarray
     """(M, 2) float64 (column, row) at the source resolution."""
     sky: np.ndarray
-    """(M,) bool: confidently sky (`sky.lidar_masks`; all False unless asked for)."""
+    """(M,) bool: confidently sky (`sky.pixel_masks`; all False unless asked for)."""
     silent: np.ndarray
     """(M,) bool: not sky, but the LiDAR swept the ray's direction without a return
-    (`sky.lidar_masks`; all False unless asked for)."""
+    (`sky.pixel_masks`; all False unless asked for)."""
 
 
 @dataclass
@@ -98,7 +98,8 @@ def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
     """Rays of every `stride`-th pixel (both axes) of every camera image of `frames` (of
     the named cameras only, when given); without `with_rgb` no image is read and `rgb`
     is zero (rays for rendering); with a `sky` config, `sky` and `silent` mark the rays
-    the frame's LiDAR confirms as sky or swept without a return."""
+    that are sky (the dataset's sky masks where the scene has them, else what the frame's
+    LiDAR confirms) or that the LiDAR swept without a return."""
     t0 = scene.frames[0].timestamp_us
     parts = []
     elsewhere = (scene_returns([s for f in frames for s in scene.frames[f].lidar])
@@ -117,7 +118,7 @@ def camera_rays(scene: Scene, frames: list[int], stride: int = 1,
             rgb = (image[rows[keep], cols[keep]].astype(np.float32) / 255.0
                    if with_rgb else np.zeros((len(pixels), 3), np.float32))
             if sky is not None:
-                is_sky, silent = (m[rows[keep], cols[keep]] for m in lidar_masks(
+                is_sky, silent = (m[rows[keep], cols[keep]] for m in pixel_masks(
                     sample, scene.frames[f].lidar, sky, image, elsewhere))
             else:
                 is_sky = silent = np.zeros(len(pixels), dtype=bool)

@@ -1,5 +1,6 @@
 """What the LiDAR says about camera pixels it got no return near (`lidar_masks`): which
-are sky, for the sky-opacity loss, when the dataset has no sky masks (nuScenes has none):
+are sky, for the sky-opacity loss, when the dataset has no sky masks (nuScenes has none;
+`pixel_masks` takes a dataset's own where it has them, `scenes.sky_masks`):
 pixels whose rays point above the horizon, in a direction where the LiDAR fired beams and
 got no return (EmerNeRF's fallback when masks are missing); and which are *silent*: below
 that, still inside the LiDAR's vertical field of view, no return there either, so nothing
@@ -20,6 +21,7 @@ depth in tests).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +156,20 @@ def lidar_masks(sample: CameraSample, sweeps: list[LidarSweep],
         sky = _propagate_up(sky, sample.load_image() if image is None else image,
                             config.sky_colour_margin)
     return sky, (silent & ~above).reshape(h, w)
+
+
+def pixel_masks(sample: CameraSample, sweeps: list[LidarSweep],
+                config: SkyMaskConfig = SkyMaskConfig(), image: np.ndarray | None = None,
+                elsewhere: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sky, silent), each (H, W) bool, as `lidar_masks`, except that where the dataset
+    gives the image's sky mask (a segmentation model's, `CameraSample.load_sky`) the sky
+    is that mask, and silent leaves it out."""
+    given = sample.load_sky()
+    if given is None:
+        return lidar_masks(sample, sweeps, config, image, elsewhere)
+    _, silent = lidar_masks(sample, sweeps, dataclasses.replace(config, propagate_up=False),
+                            image, elsewhere)
+    return given, silent & ~given
 
 
 def sky_mask(sample: CameraSample, sweeps: list[LidarSweep],
