@@ -80,10 +80,11 @@ class SkippedView:
     """Sample index (real) or virtual view index (virtual) in the scene."""
     folder: str
     """The DistillNeRF view folder it would have gone to."""
-    reason: Literal["moved", "off-pose", "not-keyframe", "duplicate"]
+    reason: Literal["moved", "off-pose", "not-keyframe", "duplicate", "not-rendered"]
     """moved: shifted out of solid geometry; off-pose: its pose is not the one its folder
     names (e.g. jitter); not-keyframe: a sweep image; duplicate: an earlier view of the
-    same folder and image was written."""
+    same folder and image was written; not-rendered: the teacher rendered no depth for
+    it (Waymo: its whole frame is left out)."""
     detail: str
     """The reason in words, with numbers."""
 
@@ -151,7 +152,7 @@ def distillnerf_path(source_file: str, folder: str, kind: str, suffix: str | Non
     return f"{folder}/{kind}/{parts[1]}/{name}"
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through a temporary sibling and a rename: readers and a killed export
     see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """`np.save` atomically, to exactly `path` (no suffix appended)."""
-    _write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def save_jpeg(path: Path, rgb: np.ndarray) -> None:
@@ -175,7 +176,7 @@ def save_jpeg(path: Path, rgb: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(
         buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-    _write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
+    write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def sky_mask(depth: np.ndarray, opacity: np.ndarray | None, sky_opacity: float) -> np.ndarray:
@@ -307,21 +308,26 @@ def _export_scene(store: Store, scene_id: str, out: Path, include_moved: bool,
 
 def export_distillnerf(store: Store | str | Path, out_dir: str | Path,
                        scene_ids: list[str] | None = None, include_moved: bool = False,
-                       sky_opacity: float = 0.5) -> ExportReport:
+                       sky_opacity: float = 0.5, waymo_set: str = "train") -> ExportReport:
     """Write the teacher outputs of `store` (a Store, or a path / URL to open) under
-    out_dir in DistillNeRF's layout (module docstring); all committed scenes, or those
-    named. Every scene is checked for teacher arrays before anything is written.
+    out_dir in DistillNeRF's layout (module docstring; a Waymo store in its Waymo loader's,
+    `export_distillnerf_waymo`); all committed scenes, or those named. Every scene is
+    checked for teacher arrays before anything is written.
 
     include_moved: also write virtual views that do not sit where their folder name says
     (moved out of solid geometry, or jittered); they are skipped and reported otherwise.
     sky_opacity: teacher opacity below which a pixel counts as sky in gt_sky_masks.
+    waymo_set: the info set (train or val) a Waymo store's scenes are written as.
     """
     if not isinstance(store, Store):
         store = open_store(store)
+    if store.attrs.dataset == "waymo":  # its own loader, its own layout
+        from .export_distillnerf_waymo import export_distillnerf_waymo
+
+        return export_distillnerf_waymo(store, out_dir, scene_ids, sky_opacity, waymo_set)
     if store.attrs.dataset != "nuscenes":
         raise StoreError(f"store {store.location.location} holds {store.attrs.dataset} "
-                         "scenes: this export writes the layout of DistillNeRF's nuScenes "
-                         "loader only (its Waymo loader's layout is not written yet)")
+                         "scenes: DistillNeRF's loaders read nuScenes and Waymo only")
     scene_ids = store.scenes() if scene_ids is None else list(scene_ids)
     for scene_id in scene_ids:
         _check_teacher_arrays(store, scene_id)

@@ -183,10 +183,10 @@ def test_neither_tensorflow_nor_the_wheels_numpy_pin_is_installed():
     assert "tensorflow" not in sys.modules
 
 
-def test_ingest_stores_the_segment_and_export_refuses_it_clearly(waymo, tmp_path, capsys):
+def test_ingest_stores_the_segment_and_export_asks_for_the_teacher(waymo, tmp_path, capsys):
     """Every later stage reads the store: ingest commits the segment (the JPEG bytes as
     stored in the container, LiDAR depth from both lasers), the store validates, and the
-    DistillNeRF export, which writes nuScenes' layout only, says so."""
+    DistillNeRF export (its Waymo layout: test_export_waymo.py) says the teacher is missing."""
     from distillprep.flows.cli import main as cli
     from distillprep.storage_schemas.store import open_store
 
@@ -205,7 +205,7 @@ def test_ingest_stores_the_segment_and_export_refuses_it_clearly(waymo, tmp_path
     assert (np.asarray(view["lidar_depth"][0]) > 0).sum() > 100
     capsys.readouterr()
     assert cli(["export", "distillnerf", str(store_path), str(tmp_path / "out")]) == 1
-    assert "holds waymo scenes" in capsys.readouterr().err
+    assert "run `distillprep teacher render` first" in capsys.readouterr().err
 
 
 def test_preview_lays_out_waymo_cameras_left_to_right(both, tmp_path):
