@@ -24,6 +24,7 @@ from . import (
     commands_store,
     commands_student,
     commands_teacher,
+    commands_weights,
 )
 
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (commands_scenes.COMMANDS + commands_store.COMMANDS
                 + commands_teacher.COMMANDS + commands_features.COMMANDS
                 + commands_prepare.COMMANDS + commands_loader.COMMANDS
-                + commands_student.COMMANDS):
+                + commands_student.COMMANDS + commands_weights.COMMANDS):
         add(sub)
     commands_export.register(sub)
     return parser

@@ -2,7 +2,9 @@
 
 A run folder holds `config.json` (the TrainConfig it was started with), checkpoints
 `checkpoints/step_0000100.pt` (model, optimiser, loader position, torch RNG state, step;
-written to a temporary file and renamed, loaded with `weights_only=True`), TensorBoard
+a safetensors file, `teachers.tensor_files.write_tree`: nothing pickled; written to a
+temporary file and renamed; older runs' `torch.save` files are still read, with
+`weights_only=True`), TensorBoard
 scalars under `tensorboard/` and, every `preview_every` steps, PNG previews (rendered
 RGB beside the camera's, depth). Started again on the same folder it resumes exactly
 where the latest checkpoint left it: the same batches, in the same order, with the same
@@ -13,7 +15,6 @@ bit on the CPU). A checkpoint of another config is refused.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distillprep.scenes.errors import ConfigError
+from distillprep.scenes.errors import ConfigError, DataError
 from distillprep.teachers.nerf.config_io import to_dict
+from distillprep.teachers.tensor_files import (
+    TensorFileError,
+    is_safetensors,
+    is_torchscript,
+    read_tree,
+    write_tree,
+)
 
 from .data import LoaderConfig, StoreDataset, StoreLoader
 from .losses import LossConfig
 from .model.distillnerf import DistillNeRFStudent, StudentConfig, scale_intrinsics
 from .objective import frame_inputs, objective, to_device
+
+CHECKPOINT_KIND = "distillprep-student-checkpoint"
+"""What a student checkpoint's safetensors metadata says it is."""
 
 
 @dataclass(frozen=True)
@@ -146,10 +157,32 @@ def _same_config(saved: str | None, config: TrainConfig) -> bool:
     return json.loads(_config_json(old)) == json.loads(_config_json(config))
 
 
+class StudentCheckpointError(DataError):
+    """A student checkpoint that cannot be read (not one, damaged, or a refused pickle)."""
+
+
 def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
-    """A checkpoint's contents (`weights_only=True`); with `config`, refused unless it was
-    written by a run of the same config (run length aside)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's contents (safetensors, or an older run's `torch.save` file read with
+    `weights_only=True`); with `config`, refused unless it was written by a run of the
+    same config (run length aside)."""
+    if is_safetensors(path):
+        try:
+            state = read_tree(path, CHECKPOINT_KIND)
+        except TensorFileError as exc:
+            raise StudentCheckpointError(f"checkpoint {exc}") from None
+    elif is_torchscript(path):  # torch.load would hand it to torch.jit.load
+        raise StudentCheckpointError(f"checkpoint {path}: a TorchScript archive, not a "
+                                     "checkpoint")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch fails in many ways on a non-checkpoint
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise StudentCheckpointError(f"checkpoint {path}: not a readable checkpoint "
+                                         f"({type(exc).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise StudentCheckpointError(f"checkpoint {path}: holds a {type(state).__name__}, "
+                                     "not a student checkpoint")
     if config is not None and not _same_config(state.get("config"), config):
         raise ConfigError(f"checkpoint {path} was written by a run of another config; "
                           "train into a new folder, or use that run's config")
@@ -171,10 +204,7 @@ def check_prior(state: dict, model: DistillNeRFStudent, path: Path) -> None:
 
 
 def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    write_tree(path, state, CHECKPOINT_KIND)
 
 
 def _preview(path: Path, rgb: torch.Tensor, target: torch.Tensor, depth: torch.Tensor,

@@ -5,6 +5,7 @@ written."""
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import replace
 
 import pytest
@@ -17,6 +18,7 @@ from distillprep.student.losses import LossConfig
 from distillprep.student.model.distillnerf import StudentConfig
 from distillprep.student.model.render import RaySamplingConfig
 from distillprep.student.train import TrainConfig, checkpoints, load_checkpoint, train
+from distillprep.teachers.tensor_files import is_safetensors
 
 CONFIG = TrainConfig(steps=6, lr=1e-3, resize=(16, 12), split="all", checkpoint_every=3,
                      model=StudentConfig(channels=8, conv_channels=8, levels=(64, 16),
@@ -37,6 +39,14 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(store, tmp_path):
     first = train([store], tmp_path / "cut", replace(CONFIG, steps=4))
     assert [p.name for p in checkpoints(tmp_path / "cut")] == ["step_0000003.pt",
                                                                 "step_0000004.pt"]
+    third = checkpoints(tmp_path / "cut")[0]
+    assert is_safetensors(third) and not zipfile.is_zipfile(third)  # nothing pickled
+    saved = load_checkpoint(third)
+    torch.save(saved, third)  # as distillprep wrote it before: one torch.save file
+    old = load_checkpoint(third)
+    assert old["loader"] == saved["loader"] and old["step"] == 3 and old["config"] == \
+        saved["config"] and torch.equal(old["rng"], saved["rng"])
+    assert all(torch.equal(v, saved["model"][k]) for k, v in old["model"].items())
     rest = train([store], tmp_path / "cut", CONFIG)
     assert first.resumed_from == 0 and rest.resumed_from == 4
     a = load_checkpoint(whole.checkpoint)

@@ -5,6 +5,7 @@ land); a checkpoint loads onto a device and resumes exactly; on a GPU, a short f
 render agree with the CPU's."""
 
 import dataclasses
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,12 +15,18 @@ from test_teacher_fit import TINY
 
 from distillprep.scenes.nuscenes import read_nuscenes
 from distillprep.teachers.errors import CheckpointError
-from distillprep.teachers.nerf.checkpoint import check_matches, load_checkpoint, save_checkpoint
+from distillprep.teachers.nerf.checkpoint import (
+    FORMAT,
+    check_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
 from distillprep.teachers.nerf.fit import TrainingRays, new_state, resume_state, train_step
 from distillprep.teachers.nerf.hash_grid import HashGrid, HashGridConfig
 from distillprep.teachers.nerf.render import render_image
 from distillprep.teachers.nerf.sampler import RaySampling
 from distillprep.teachers.nerf.teacher import Teacher, build_teacher
+from distillprep.teachers.tensor_files import is_safetensors, read_tree
 
 FRAMES = [0, 1, 2]
 CONFIG = dataclasses.replace(
@@ -87,6 +94,14 @@ def test_a_checkpoint_loads_onto_a_device_and_resumes_exactly(scene, tmp_path):
                            FRAMES, {"dataset": "nuscenes"})
     loaded = load_checkpoint(path, device="cpu")
     assert loaded.teacher.device == torch.device("cpu") and loaded.step == 7
+    assert is_safetensors(path) and not zipfile.is_zipfile(path)  # nothing pickled
+    old = tmp_path / "old.pt"  # what distillprep wrote before: one torch.save file
+    torch.save(read_tree(path, FORMAT), old)
+    before = load_checkpoint(old)
+    assert before.step == 7 and before.optimizer_state["param_groups"] == \
+        loaded.optimizer_state["param_groups"]
+    assert all(torch.equal(v, _tensors(loaded.teacher)[k])
+               for k, v in _tensors(before.teacher).items())
     assert loaded.fingerprint == "sha256-of-content" and loaded.frames == FRAMES
     check_matches(loaded, scene.scene_id, "sha256-of-content", CONFIG)
     with pytest.raises(CheckpointError, match="fitted on scene 'scene-0001', not 'other'"):

@@ -44,7 +44,11 @@ class FrozenPrior(nn.Module):
     def __init__(self, config: PriorConfig, channels: int):
         super().__init__()
         from distillprep.teachers.foundation.models import build_model, model_spec
-        from distillprep.teachers.foundation.weights import find_weights, load_weights
+        from distillprep.teachers.foundation.weights import (
+            find_weights,
+            load_weights,
+            read_state_dict,
+        )
 
         if config.model is None:
             raise ConfigError("FrozenPrior needs model.prior.model")
@@ -52,12 +56,12 @@ class FrozenPrior(nn.Module):
         if self.spec.family != "dino":
             raise ConfigError(f"model.prior.model {config.model!r}: the student's prior is a "
                               "DINOv2 model (dinov2-vits14 or dinov2-vitb14)")
-        network = build_model(self.spec)
-        if config.weights is None:
-            sha256 = None
-        else:
+        path = state = None
+        if config.weights is not None:  # read (as data) first: a bad file fails at once
             path = find_weights(self.spec, config.weights)
-            sha256 = load_weights(self.spec, network, path)
+            state = read_state_dict(path)
+        network = build_model(self.spec)
+        sha256 = None if path is None else load_weights(self.spec, network, path, state)
         network.requires_grad_(False)
         self._frozen = (network,)  # a tuple: not registered, so neither trained nor saved
         self.provenance = {"model": self.spec.name, "architecture": self.spec.architecture,

@@ -5,8 +5,12 @@ Accepted files:
   possibly nested under "model" or "state_dict": DINOv2's released `dinov2_*_pretrain.pth`,
   open_clip's `open_clip_pytorch_model.bin`;
 - a `.safetensors` file (open_clip's `open_clip_model.safetensors`);
-- a TorchScript archive, OpenAI's original CLIP `.pt`: loaded with `torch.jit.load`
-  (TorchScript's own loader, no pickled Python objects) and only its state dict is used.
+- a TorchScript archive, OpenAI's original CLIP `.pt`: its tensors are read AS DATA
+  (`torchscript_data.py`: a restricted unpickler; the archive's code is never compiled or
+  run, unlike `torch.jit.load`, which runs its `__setstate__`).
+
+Nothing in a weights file can run code: `torch.load` only with `weights_only=True`,
+safetensors by its own (JSON header) reader, TorchScript as above.
 
 Every problem raises a `WeightsError` naming the file: it is missing, it is not a
 checkpoint, or it holds another architecture (its keys and shapes are compared with the
@@ -16,7 +20,6 @@ model's before anything is loaded).
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ import torch
 from distillprep.scenes.errors import DataError
 from distillprep.scenes.io import file_sha256
 from distillprep.teachers.errors import TeacherError
+from distillprep.teachers.tensor_files import is_torchscript
 
 from .models import ModelSpec
 
@@ -80,12 +84,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise NotACheckpointError(f"{path}: not a safetensors file: {exc}") from None
-    if _is_torchscript(path):
-        try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        except RuntimeError as exc:
-            raise NotACheckpointError(f"{path}: a TorchScript archive that does not load: "
-                                      f"{exc}") from None
+    if is_torchscript(path):
+        from .torchscript_data import read_torchscript  # it imports this module's errors
+
+        return read_torchscript(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch's unpickler fails in many ways on junk
@@ -102,14 +104,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return raw
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name
-                   for name in archive.namelist())
-
-
 def _to_model_names(spec: ModelSpec, state: dict[str, torch.Tensor],
                     model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under the model's own parameter names."""
@@ -123,10 +117,13 @@ def _to_model_names(spec: ModelSpec, state: dict[str, torch.Tensor],
     return state
 
 
-def load_weights(spec: ModelSpec, model: torch.nn.Module, path: Path) -> str:
+def load_weights(spec: ModelSpec, model: torch.nn.Module, path: Path,
+                 state: dict[str, torch.Tensor] | None = None) -> str:
     """Load `path` into `model` (built by `build_model(spec)`); returns the file's
-    sha256. Raises a WeightsError naming the file when it does not fit."""
-    state = _to_model_names(spec, read_state_dict(path), model)
+    sha256. `state`: the file's `read_state_dict`, when the caller read it first (to refuse
+    a bad file before building a large model). Raises a WeightsError naming the file when
+    it does not fit."""
+    state = _to_model_names(spec, read_state_dict(path) if state is None else state, model)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -1,9 +1,12 @@
-"""Teacher checkpoints: one `torch.save` file holding the field, the occupancy grid, the
+"""Teacher checkpoints: one safetensors file holding the field, the occupancy grid, the
 optimiser and ray-sampler state, the config and what scene it was fitted on.
 
-Loaded with `torch.load(weights_only=True, map_location="cpu")` only (plain containers and
-tensors, no pickled code), then moved to the device asked for. Written atomically
-(temporary file, then rename), so a killed fit leaves the previous checkpoint intact. A
+Written with `teachers.tensor_files.write_tree` (tensors as safetensors, everything else
+a JSON tree in its metadata: nothing pickled), atomically (temporary file, then rename),
+so a killed fit leaves the previous checkpoint intact; read onto the CPU, then moved to
+the device asked for. Checkpoints written before (one `torch.save` file, same content)
+are still read, with `torch.load(weights_only=True)` only (plain containers and tensors,
+no pickled code); they keep their `.pt` name, as new ones do. A
 checkpoint names its scene by id and by a content fingerprint the caller supplies (an
 opaque string: the SHA-256 of the scene's ingested content, or `scene_fingerprint` of a
 scene read from a dataroot); `check_matches` refuses one from another scene or config.
@@ -25,6 +28,13 @@ import torch
 
 from distillprep.scenes.model import Scene
 from distillprep.teachers.errors import CheckpointError
+from distillprep.teachers.tensor_files import (
+    TensorFileError,
+    is_safetensors,
+    is_torchscript,
+    read_tree,
+    write_tree,
+)
 from distillprep.teachers.volume.contraction import SceneBox
 
 from .config import FitConfig
@@ -105,14 +115,7 @@ def save_checkpoint(path: str | Path, state: FitState, scene_id: str, fingerprin
         "step": state.step, "wall_time_s": state.wall_time_s,
         "history": json.dumps(teacher.history),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_tree(path, payload, FORMAT)
 
 
 def damaged(path: str | Path, exc: Exception) -> CheckpointError:
@@ -121,18 +124,30 @@ def damaged(path: str | Path, exc: Exception) -> CheckpointError:
                            f"{str(exc).splitlines()[0][:300]}")
 
 
+def _read(path: Path) -> Any:
+    """A checkpoint file's tree: safetensors, or an older `torch.save` file."""
+    if is_safetensors(path):
+        try:
+            return read_tree(path, FORMAT)
+        except TensorFileError as exc:
+            raise CheckpointError(f"checkpoint {exc}") from None
+    if is_torchscript(path):  # torch.load would hand it to torch.jit.load
+        raise CheckpointError(f"checkpoint {path}: a TorchScript archive, not a checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {path}: not a readable torch checkpoint "
+                              f"({type(exc).__name__}: {first})") from None
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint (weights_only, onto the CPU) and move its teacher to `device`;
     CheckpointError names the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-        raise CheckpointError(f"checkpoint {path}: not a readable torch checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-                              ) from None
+    raw = _read(path)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a distillprep teacher checkpoint")
     if raw.get("version") != VERSION:
