@@ -106,3 +106,19 @@ class SceneDataError(SceneError):
 
 class OutputExistsError(ConfigError, FileExistsError):
     """An output folder that holds something this command will not overwrite."""
+
+
+class PathOutsideRootError(SceneDataError):
+    """A path named by a table or metadata that would leave its root: absolute, climbing
+    out with `..`, or a symlink whose target lies outside (`scenes.paths.inside_root`).
+
+    Attributes (besides SceneDataError's, `file` being the table that names the path):
+        record: the record naming the path (a token, a segment, a sample).
+        path: the path as the table gives it.
+    """
+
+    def __init__(self, scene: str | None, table: str | Path, record: str, path: str,
+                 problem: str):
+        self.record = record
+        self.path = path
+        super().__init__(scene, table, problem)

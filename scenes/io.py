@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -97,16 +98,43 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc where it is shown: setting it to read it
+    (`os.umask`) would give files other threads create meanwhile the wrong mode."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # meanwhile, files are private rather than open to all
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def plain_file_mode() -> int:
+    """The mode a plain `open()` gives a new file under the current umask (0o644 under
+    022): what a temporary file (`mkstemp`: 0o600) gets once it is moved into place."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write that appears at `path` only whole: written as a temporary
-    sibling, flushed to disk, then renamed over `path`; removed if the writing fails."""
+    """A binary file to write that appears at `path` only whole: written as a private
+    temporary sibling, flushed to disk, given the mode a plain `open()` would (the umask's),
+    then renamed over `path`; removed if the writing fails."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), plain_file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

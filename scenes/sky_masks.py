@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import SceneDataError
 from .model import Scene
+from .paths import inside_root
 
 SKY_MASK_DIR = "sky_masks"
 """The folder under the dataroot that holds the masks."""
@@ -37,6 +38,15 @@ def sky_mask_file(dataroot: str | Path, source_file: str | Path) -> Path:
     """Where the mask of the image `source_file` (absolute, under `dataroot`) lies."""
     relative = os.path.relpath(source_file, dataroot)
     return Path(dataroot) / SKY_MASK_DIR / Path(relative).with_suffix(".png")
+
+
+def checked_sky_mask_file(scene: Scene, source_file: str, token: str) -> Path:
+    """`sky_mask_file`, refused with PathOutsideRootError when it (a symlink on its way)
+    would lead out of the dataroot."""
+    path = sky_mask_file(scene.dataroot, source_file)
+    return inside_root(scene.dataroot, os.path.relpath(path, scene.dataroot),
+                       table=Path(scene.dataroot) / SKY_MASK_DIR, record=f"image {token}",
+                       scene=scene.scene_id)
 
 
 def read_sky_mask(path: str | Path, scene_id: str, width: int, height: int) -> np.ndarray:
@@ -69,7 +79,7 @@ def with_sky_masks(scene: Scene) -> Scene:
     for frame in scene.frames:
         cameras = {}
         for name, sample in frame.cameras.items():
-            path = sky_mask_file(scene.dataroot, sample.source_file)
+            path = checked_sky_mask_file(scene, sample.source_file, sample.token)
             if not path.is_file():
                 missing.append(path)
             cameras[name] = dataclasses.replace(sample, sky=partial(

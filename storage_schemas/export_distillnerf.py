@@ -54,6 +54,8 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from PIL import Image
 
+from distillprep.scenes.paths import inside_root
+
 from .errors import StoreError, StoreReadError
 from .store import Store, open_store
 
@@ -264,8 +266,10 @@ def _export_scene(store: Store, scene_id: str, out: Path, include_moved: bool,
         if rgb is not None:
             outputs.append((distillnerf_path(source, folder, "rgbs", None),
                             lambda p: save_jpeg(p, rgb)))
-        for rel, write in outputs:
-            write(out / rel)
+        for rel, write in outputs:  # rel is made of the manifest's source_file
+            write(inside_root(out, rel, table=f"{store.location.location} manifest",
+                              record=f"{kind} view {index} of image {source}",
+                              scene=scene_id))
             report.files.append(rel)
         return True
 

@@ -18,3 +18,14 @@ def test_accepts_safe_ids(good):
 def test_refuses_ids_that_could_escape(bad, why):
     with pytest.raises(InvalidSceneIdError, match=why):
         validate_scene_id(bad)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("zarr.json", "store uses for its own"), ("ZARR.JSON", "store uses for its own"),
+    ("commits", "store uses for its own"), ("Manifest", "store uses for its own"),
+    ("quarantine", "store uses for its own"), ("scenes", "store uses for its own"),
+    ("feature_runs", "store uses for its own"), ("scene.1a2b.partial", "'.partial'"),
+])
+def test_refuses_the_store_s_own_names(bad, why):
+    with pytest.raises(InvalidSceneIdError, match=why):
+        validate_scene_id(bad)

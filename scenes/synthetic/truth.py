@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..paths import inside_root
 from .raycast import cast_rays
 from .render import camera_rays
 from .world import World
@@ -34,7 +35,9 @@ def _truth_file(root: str | Path, image_file: str | Path, kind: str) -> Path:
     root = Path(root).resolve()
     image = Path(image_file)
     rel = image.resolve().relative_to(root) if image.is_absolute() else image
-    return ground_truth_path(root, rel, kind)
+    path = ground_truth_path(root, rel, kind)  # rel may come from a store's manifest
+    return inside_root(root, path.relative_to(root), table=root / "ground_truth",
+                       record=f"image {image_file}")
 
 
 def load_ground_truth_depth(root: str | Path, image_file: str | Path) -> np.ndarray | None:

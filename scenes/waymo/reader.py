@@ -29,6 +29,8 @@ from ..errors import ConfigError, DatasetNotFoundError, SceneDataError, SceneErr
 from ..geometry import invert_pose
 from ..ids import validate_scene_id
 from ..model import CameraSample, DatasetRead, Frame, LidarSweep, Scene, SceneFailure
+from ..paths import inside_root
+from ..tables import IMAGE_SIDE_RANGE, TIMESTAMP_US_RANGE, table_integer, table_timestamp_us
 from .range_image import range_image_points, row_inclinations
 from .records import CAMERA_NAMES, LASER_NAMES, Segment
 
@@ -84,15 +86,18 @@ def list_waymo(dataroot: str | Path, version: str | None = None) -> tuple[str, l
     return version, list(segments)
 
 
-def open_segment(kind: str, place: Path, name: str) -> Segment:
-    """A v1 TFRecord or a v2 segment of a component root, opened."""
+def open_segment(kind: str, place: Path, name: str, dataroot: Path | None = None) -> Segment:
+    """A v1 TFRecord or a v2 segment of a component root, opened; its files must lie
+    inside `dataroot` (default: the folder holding them), symlinks followed."""
     if kind == "v1":
         from .v1 import V1Segment
 
-        return V1Segment(place, name)
+        root = place.parent if dataroot is None else dataroot
+        return V1Segment(inside_root(root, place.relative_to(root), table=place,
+                                     record=f"segment {name}", scene=name), name)
     from .v2 import V2Segment
 
-    return V2Segment(place, name)
+    return V2Segment(place, name, dataroot=dataroot)
 
 
 def read_waymo(dataroot: str | Path, version: str | None = None,
@@ -119,7 +124,7 @@ def read_waymo(dataroot: str | Path, version: str | None = None,
             if name not in segments:
                 raise SceneDataError(name, root, f"no Waymo {version} segment of that name")
             kind, place = segments[name]
-            result.scenes.append(segment_scene(open_segment(kind, place, name), root,
+            result.scenes.append(segment_scene(open_segment(kind, place, name, root), root,
                                                version, cameras))
         except SceneError as exc:
             if not skip_bad:
@@ -141,9 +146,15 @@ def segment_scene(segment: Segment, root: Path, version: str,
         if enum not in segment.cameras:
             raise fail(f"no calibration for camera {CAMERA_NAMES[enum]} (calibrated: "
                        f"{[CAMERA_NAMES[c] for c in segment.cameras]})")
+        for side in ("width", "height"):
+            table_integer(getattr(segment.cameras[enum], side), *IMAGE_SIDE_RANGE,
+                          file=segment.file, where=f"camera {CAMERA_NAMES[enum]} calibration",
+                          field=side, scene=name)
     frames = []
     for i, meta in enumerate(segment.frames):
         where = f"frame {i} (timestamp {meta.timestamp_us})"
+        table_timestamp_us(meta.timestamp_us, file=segment.file, where=f"frame {i}",
+                           field="timestamp", scene=name)
         by_name = {c.name: c for c in meta.cameras}
         samples = {}
         for enum in enums:
@@ -176,9 +187,14 @@ def _camera_sample(segment: Segment, root: Path, frame: int, meta) -> CameraSamp
     cal = segment.cameras[meta.name]
     source = _absolute(root, segment.image_source(frame, meta.name))
     jpeg = partial(segment.jpeg, frame, meta.name)
+    seconds = float(meta.pose_timestamp)
+    if not TIMESTAMP_US_RANGE[0] <= seconds * 1e6 <= TIMESTAMP_US_RANGE[1]:  # NaN too
+        raise SceneDataError(segment.name, source, f"frame {frame} camera "
+                             f"{CAMERA_NAMES[meta.name]}: pose_timestamp {seconds} s is not a "
+                             "plausible time (1970 to 2500)")
     return CameraSample(
         scene_id=segment.name, camera=CAMERA_NAMES[meta.name],
-        timestamp_us=int(round(meta.pose_timestamp * 1e6)),
+        timestamp_us=int(round(seconds * 1e6)),
         intrinsics=cal.opencv_intrinsics(), cam_to_world=meta.pose @ cal.cam_to_vehicle(),
         width=cal.width, height=cal.height, source_file=str(source), is_keyframe=True,
         token=f"{segment.name}/{segment.frames[frame].timestamp_us}/{CAMERA_NAMES[meta.name]}",

@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 
 from ..errors import SceneDataError
 from ..io import atomic_file
+from ..paths import inside_root
+from ..tables import arrow_kind_matches
 from .records import (
     CAMERA_NAMES,
     LASER_NAMES,
@@ -207,15 +209,22 @@ class V2Segment:
     the component file itself.
     """
 
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, dataroot: Path | None = None):
         self.file = Path(root)
         self.name = name
+        # every component file must lie inside it, symlinks followed
+        self.dataroot = self.file if dataroot is None else Path(dataroot)
         self._cache: dict[str, tuple[int, pa.Table]] = {}
         self._files: dict[str, tuple[pq.ParquetFile, list[tuple[int, int] | None]]] = {}
         for component in REQUIRED:
-            have = self._arrow(component, pq.read_schema).names
-            if missing := [c for c in _SCHEMAS[component].names if c not in have]:
+            have = self._arrow(component, pq.read_schema)
+            if missing := [c for c in _SCHEMAS[component].names if c not in have.names]:
                 raise self._error(component, f"missing column(s) {', '.join(missing)}")
+            for field in _SCHEMAS[component]:
+                found = [f.type for f in have if f.name == field.name]
+                if len(found) > 1 or not arrow_kind_matches(found[0], field.type):
+                    raise self._error(component, f"column {field.name} is "
+                                      f"{' and '.join(map(str, found))}, expected {field.type}")
         self.cameras: dict[int, CameraCalibration] = self._camera_calibrations()
         self.lasers: dict[int, LaserCalibration] = self._laser_calibrations()
         table = self._read("vehicle_pose", [_SEG, _TS, _VEHICLE_POSE])
@@ -249,6 +258,8 @@ class V2Segment:
     def _arrow(self, component: str, read: Callable[[Path], _T]) -> _T:
         """`read(path)` of a component's file, pyarrow's errors wrapped."""
         path = self._path(component)
+        inside_root(self.dataroot, path.relative_to(self.dataroot), table=path,
+                    record=f"segment {self.name}", scene=self.name)
         try:
             return read(path)
         except FileNotFoundError:
