@@ -10,6 +10,7 @@ config. Omitted fields keep their defaults; unknown ones are refused naming the 
     device: cpu
     device_slots: 1
     retries: 2
+    api_startup_timeout_s: 120
 """
 
 from __future__ import annotations
@@ -87,12 +88,19 @@ class PrepareConfig:
     work_dir: str | None = None
     """Where teacher checkpoints go (None: `<store>.work` beside a local store); on a
     cluster, a path every worker sees."""
+    api_startup_timeout_s: float | None = None
+    """Seconds the Prefect API `prepare` starts (its local API, or `--runner dask`'s local
+    server) gets to answer (None: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS when
+    set, else 120; `--api-startup-timeout` overrides both)."""
 
     def __post_init__(self) -> None:
         if self.device_slots < 1:
             raise ConfigError(f"device_slots = {self.device_slots}: must be >= 1")
         if self.retries < 0 or self.retry_delay_s < 0:
             raise ConfigError("retries and retry_delay_s must be >= 0")
+        if self.api_startup_timeout_s is not None and not self.api_startup_timeout_s > 0:
+            raise ConfigError(f"api_startup_timeout_s = {self.api_startup_timeout_s}: must "
+                              "be > 0")
         families = [model_spec(m.config.model).family for m in self.features]
         if len(set(families)) != len(families):
             raise ConfigError(f"features: models {[m.config.model for m in self.features]} "

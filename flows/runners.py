@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .server import STARTUP_TIMEOUT_S
 from .slots import RESOURCE
 
 THREADS_DEFAULT = 4
@@ -22,14 +23,17 @@ DASK_WORKERS_DEFAULT = 2
 
 @contextlib.contextmanager
 def task_runner(kind: str, workers: int | None = None, address: str | None = None,
+                server_timeout_s: float = STARTUP_TIMEOUT_S,
                 ) -> Iterator[tuple[Any, float | None]]:
-    """(runner, seconds a Prefect server took to start, or None when none was started)."""
+    """(runner, seconds a Prefect server took to start, or None when none was started);
+    a server started here that does not answer within `server_timeout_s` seconds is a
+    `server.ServerStartError`."""
     if kind == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
         yield ThreadPoolTaskRunner(max_workers=workers or THREADS_DEFAULT), None
         return
-    with _real_api() as started_s:
+    with _real_api(server_timeout_s) as started_s:
         from prefect_dask import DaskTaskRunner
 
         if address:
@@ -43,7 +47,7 @@ def task_runner(kind: str, workers: int | None = None, address: str | None = Non
 
 
 @contextlib.contextmanager
-def _real_api() -> Iterator[float | None]:
+def _real_api(timeout_s: float) -> Iterator[float | None]:
     """A Prefect API every process can reach: the one PREFECT_API_URL names, else a local
     server started here for the duration (its URL exported to child processes)."""
     if os.environ.get("PREFECT_API_URL"):
@@ -55,7 +59,7 @@ def _real_api() -> Iterator[float | None]:
 
     start = time.perf_counter()
     home = Path(os.environ.get("PREFECT_HOME", ".distillprep/prefect"))
-    with local_server(home / "server") as url:
+    with local_server(home / "server", timeout_s=timeout_s) as url:
         started_s = time.perf_counter() - start
         os.environ["PREFECT_API_URL"] = url  # Dask workers inherit it
         try:
