@@ -6,13 +6,18 @@ file is written to a temporary name and renamed; an object-store PUT is atomic b
 `put_exclusive` creates an object only if it does not exist yet, atomically (a hard link
 locally, a conditional PUT, `If-None-Match: *`, on S3): what makes one of two concurrent
 commits win and the other know it lost. A failing file system or object store raises
-`StoreIOError` (retryable) naming the object.
+`StoreIOError` (retryable) naming the object; a full disk (ENOSPC, also as the zarrs
+pipeline's `RuntimeError`) is one. Files are written private and given the mode a plain
+`open()` would give them (the umask's) as they are moved into place, so that a store one
+account prepares is readable by whom its umask allows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,11 +28,34 @@ import fsspec
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from .errors import StoreIOError
+from distillprep.scenes.io import plain_file_mode
+
+from .errors import CleanupError, StoreIOError
 
 
 def is_url(location: str) -> bool:
     return "://" in location
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_NOT_IO = {errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.EACCES, errno.EPERM}
+"""Errors the callers tell apart themselves (as Python's OSError subclasses of them)."""
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS error number of a file-system failure: an OSError's, or that of the
+    `RuntimeError("... (os error N)")` the zarrs (Rust) codec pipeline raises; None when
+    `exc` is no file-system failure."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _RUST_OS_ERROR.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    return int(found.group(1)) if found else None
+
+
+def describe_io_error(exc: BaseException) -> str:
+    """`exc` in words, a full disk said plainly."""
+    text = f"{type(exc).__name__}: {exc}"
+    return f"the disk is full ({text})" if os_errno(exc) == errno.ENOSPC else text
 
 
 TIME_FORMAT = "%Y%m%dT%H%M%S"
@@ -85,22 +113,35 @@ class Location:
         return f"{self.root}/{key}" if key else self.root
 
     @contextlib.contextmanager
-    def _io(self, what: str, key: str) -> Iterator[None]:
-        """Turn a file-system or object-store failure into a StoreIOError naming it."""
+    def io_errors(self, what: str, key: str) -> Iterator[None]:
+        """Turn a file-system or object-store failure (a full disk included, from Python
+        or from the zarrs pipeline) into a StoreIOError naming `key`."""
         try:
             yield
-        except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError):
-            raise
-        except OSError as exc:
-            raise StoreIOError(f"store {self.location}: cannot {what} {key or '(root)'}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        except (OSError, RuntimeError) as exc:
+            error = self.io_error(what, key, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def io_error(self, what: str, key: str, exc: BaseException) -> StoreIOError | None:
+        """The StoreIOError naming `key` that a file-system or object-store failure `exc`
+        is; None for anything else (a missing or existing file, a permission: the caller
+        decides what those mean)."""
+        if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError,
+                            PermissionError)) or os_errno(exc) in _NOT_IO:
+            return None
+        if not isinstance(exc, OSError) and os_errno(exc) is None:
+            return None
+        return StoreIOError(f"store {self.location}: cannot {what} {key or '(root)'}: "
+                            f"{describe_io_error(exc)}")
 
     def _check_writable(self) -> None:
         if self.read_only:
             raise PermissionError(f"store {self.location} is open read-only")
 
     def exists(self, key: str) -> bool:
-        with self._io("look up", key):
+        with self.io_errors("look up", key):
             if self.fs is None:
                 return os.path.exists(self._full(key))
             self.fs.invalidate_cache(self._full(key))  # other processes write here too
@@ -109,7 +150,7 @@ class Location:
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
         try:
-            with self._io("read", key):
+            with self.io_errors("read", key):
                 if self.fs is None:
                     return Path(self._full(key)).read_bytes()
                 return self.fs.cat_file(self._full(key))
@@ -119,7 +160,7 @@ class Location:
     def put(self, key: str, data: bytes) -> None:
         """Write an object atomically: readers see the old object or the new, never part."""
         self._check_writable()
-        with self._io("write", key):
+        with self.io_errors("write", key):
             if self.fs is not None:
                 self.fs.pipe_file(self._full(key), data)
                 return
@@ -133,7 +174,7 @@ class Location:
         """Create an object only if none exists under `key`, atomically; True when this
         call created it, False when it was there already (another writer's)."""
         self._check_writable()
-        with self._io("create", key):
+        with self.io_errors("create", key):
             if self.fs is not None:
                 try:
                     self.fs.pipe_file(self._full(key), data, mode="create")
@@ -162,6 +203,7 @@ class Location:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
+                os.fchmod(f.fileno(), plain_file_mode())  # mkstemp's 0600 no more
                 os.fsync(f.fileno())
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -169,13 +211,19 @@ class Location:
         return tmp
 
     def delete(self, key: str) -> None:
-        """Remove an object or a whole prefix; nothing happens when it does not exist."""
+        """Remove an object or a whole prefix; nothing happens when it does not exist.
+        A local symbolic link is never followed, nor removed: CleanupError names it."""
         self._check_writable()
         full = self._full(key)
-        with self._io("delete", key):
+        with self.io_errors("delete", key):
             if self.fs is None:
                 import shutil
 
+                if os.path.islink(full):
+                    raise CleanupError(f"store {self.location}: did not remove {key}: it is "
+                                       f"a symbolic link (to {os.readlink(full)}), which the "
+                                       "store never follows; remove it by hand if nothing "
+                                       "needs it")
                 if os.path.isdir(full):
                     shutil.rmtree(full, ignore_errors=False, onerror=_gone_is_fine)
                 elif os.path.exists(full):
@@ -190,7 +238,7 @@ class Location:
     def children(self, prefix: str) -> list[str]:
         """Names directly under a prefix (files and folders), sorted; [] when absent."""
         full = self._full(prefix)
-        with self._io("list", prefix):
+        with self.io_errors("list", prefix):
             if self.fs is None:
                 try:
                     return sorted(os.listdir(full)) if os.path.isdir(full) else []
@@ -206,7 +254,7 @@ class Location:
         """Keys of every object under a prefix, relative to it, sorted (one recursive
         listing: a single paginated LIST on an object store)."""
         full = self._full(prefix)
-        with self._io("list", prefix):
+        with self.io_errors("list", prefix):
             if self.fs is None:
                 keys = []
                 for dirpath, _, files in os.walk(full):
@@ -225,7 +273,7 @@ class Location:
     def size_under(self, prefix: str) -> int:
         """Bytes of every object under a prefix."""
         full = self._full(prefix)
-        with self._io("measure", prefix):
+        with self.io_errors("measure", prefix):
             if self.fs is None:
                 total = 0
                 for dirpath, _, files in os.walk(full):

@@ -9,6 +9,7 @@ from distillprep.scenes.errors import (
     ConflictError,
     DataError,
     DistillprepError,
+    SceneDataError,
     TransientError,
 )
 
@@ -76,3 +77,35 @@ class ReplacedWhileReadingError(StoreError, TransientError):
     """The version of a stage a reader opened was replaced, and its data removed, while
     it read: nothing it read from there can be trusted; running it again reads the
     current version."""
+
+
+class ValueRuleError(StoreError, SceneDataError):
+    """A scene whose values break one of the value rules validate applies
+    (`value_rules`): ingest refuses it before its commit. The message names the rule,
+    the scene, the array and the source file of the first offending row."""
+
+    def __init__(self, scene: str, file: str | None, rule: str, array: str, problem: str):
+        self.rule, self.array = rule, array
+        super().__init__(scene, file, f"[{rule}] array {array}: {problem}")
+
+
+class CleanupError(StoreError):
+    """Something a store's cleanup would remove but will not or cannot (a symbolic link,
+    which it never follows; an object it may not delete): left in place. After a commit
+    that landed it is a warning naming the path, never a failure of the commit."""
+
+
+class ChunkChecksumError(StoreReadError):
+    """A stored chunk (or shard index) whose bytes do not match the crc32c checksum it was
+    written with: a bit flipped on disk or in transit. Bad data, not retried (object
+    stores check what they send, so a mismatch means the stored bytes are damaged): the
+    message names the scene, the array and the chunk. `key` is the object read, `chunk`
+    the chunk's coordinates in the array's chunk grid (None for a shard index)."""
+
+    def __init__(self, message: str, key: str | None = None,
+                 chunk: tuple[int, ...] | None = None):
+        super().__init__(message)
+        self.key, self.chunk = key, chunk
+
+    def __reduce__(self):  # keep key and chunk across processes (loader workers, flows)
+        return type(self), (str(self), self.key, self.chunk)

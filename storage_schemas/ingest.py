@@ -25,19 +25,25 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from distillprep.scenes.errors import ConflictError, SceneDataError, SceneError
+from distillprep.scenes.errors import (
+    ConflictError,
+    SceneDataError,
+    SceneError,
+    TransientError,
+)
 from distillprep.scenes.geometry import transform_points
 from distillprep.scenes.model import Scene
 from distillprep.scenes.projection import sparse_depth_map
 from distillprep.scenes.sky_masks import sky_mask_file, with_sky_masks
 
 from .attrs import CommitRecord, SceneAttrs, SourceFile, config_hash, content_fingerprint
-from .errors import OutputsWouldGoStaleError, SceneSourceError, StoreError
+from .errors import OutputsWouldGoStaleError, SceneSourceError, StoreError, ValueRuleError
 from .layout import array_sha256, chunk_layout
 from .manifest import SAMPLE_ARRAYS, STAGE_COLUMNS, depth_stats
 from .provenance import IngestProvenance
 from .spec import ARRAYS
 from .store import Store, package_version
+from .value_rules import ValueFinding, check_payload
 
 CODE_VERSION = 1
 """Version of what ingest writes (bumped when its outputs change meaning)."""
@@ -226,6 +232,42 @@ def scene_payload(scene: Scene) -> tuple[dict[str, np.ndarray], dict[str, int], 
     return arrays, dims, pa.table(rows), sources, lidars
 
 
+def _row_source(scene: Scene, arrays: dict[str, np.ndarray], finding: ValueFinding) -> str:
+    """The source file of a finding's first offending row: the camera sample's for a
+    per-sample array, the sweep's for a LiDAR one, the reference sensor's for a frame
+    (nuScenes: its LiDAR keyframe, else its first camera); the dataroot when the finding
+    names no row."""
+    axis = ARRAYS[finding.array].shape[0]
+    if not finding.rows or axis not in ("N", "F", "S", "P"):
+        return scene.dataroot
+    row = finding.rows[0]
+    if axis == "N":
+        return scene.camera_samples[row].source_file
+    if axis == "F":
+        frame = scene.frames[row]
+        if frame.lidar:
+            return frame.lidar[0].source_file
+        return next(frame.cameras[c] for c in scene.camera_names
+                    if c in frame.cameras).source_file
+    if axis == "P":  # a point: the sweep whose rows hold it
+        row = int(np.searchsorted(np.cumsum(arrays["lidar_sweep_points"]), row, "right"))
+    return [s for f in scene.frames for s in f.lidar][row].source_file
+
+
+def check_scene_payload(scene: Scene, arrays: dict[str, np.ndarray], dims: dict[str, int],
+                        lidars: list[str]) -> None:
+    """Refuse a scene's ingest payload that breaks a value rule (`value_rules`, what
+    validate --deep applies): ValueRuleError naming the first broken rule, the scene and
+    the source file of its first offending row, and counting the others."""
+    found = check_payload(arrays, dims, len(scene.camera_names), len(lidars))
+    if found:
+        first = found[0]
+        more = "; ".join(f"[{f.rule}] {f.array}" for f in found[1:])
+        raise ValueRuleError(scene.scene_id, _row_source(scene, arrays, first), first.rule,
+                             first.array, first.message + (f" (also broken: {more})"
+                                                           if more else ""))
+
+
 def settings_hash(config: IngestConfig) -> str:
     """The hash that says whether a scene is done: of the config, less `sky_masks` when
     off (added later: scenes committed before it stay done)."""
@@ -284,6 +326,7 @@ def ingest_scene(store: Store, scene: Scene, config: IngestConfig, force: bool =
     if config.sky_masks:
         scene = with_sky_masks(scene)
     arrays, dims, manifest, sources, lidars = scene_payload(scene)
+    check_scene_payload(scene, arrays, dims, lidars)  # nothing validate would fail commits
     later = sorted(s for s in (before.commits if before else {}) if s != "ingest")
     if later and not replace_outputs and before.fingerprint != content_fingerprint(
             {name: array_sha256(data) for name, data in arrays.items()}):
@@ -314,7 +357,8 @@ def ingest(store: Store, scenes: Iterable[Scene], config: IngestConfig, force: b
            progress: Callable[[Iterable], Iterable] | None = None) -> IngestReport:
     """Ingest scenes into `store`; committed scenes are skipped unless `force`. A scene
     that fails (bad data, a refusal) is reported in `failed`, one that another writer
-    committed first in `conflicts`, and the others go on."""
+    committed first in `conflicts`, and the others go on; a transient I/O error (a full
+    disk: StoreIOError) ends the run, raised."""
     report = IngestReport()
     scenes = list(scenes)
     seen: dict[str, str] = {}
@@ -331,6 +375,8 @@ def ingest(store: Store, scenes: Iterable[Scene], config: IngestConfig, force: b
         except ConflictError as exc:
             report.conflicts[scene.scene_id] = str(exc)
             continue
+        except TransientError:
+            raise  # I/O, a full disk: the next scenes would fail alike (exit 3, retryable)
         except (SceneError, StoreError) as exc:
             report.failed[scene.scene_id] = str(exc)
             continue

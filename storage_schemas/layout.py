@@ -1,6 +1,7 @@
 """How an array of a scene is laid out and written: one sample (or a fixed number of rows)
-per chunk, chunks packed into shards of tens of MB, the codec its spec chose, and the
-checksum recorded for it at commit."""
+per chunk, chunks packed into shards of tens of MB, the codec its spec chose followed by
+a crc32c checksum of every chunk (checked on every read, `codec_pipeline.py`), and the
+SHA-256 recorded for it at commit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hashlib
 import numpy as np
 import zarr
 import zarr.api.asynchronous
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .spec import ARRAYS, ArraySpec
 
@@ -20,13 +21,17 @@ SHARD_MAX_CHUNKS = 64
 """At most this many samples a shard: reading larger shards got slower here (README)."""
 
 
-def compressors_for(spec: ArraySpec):
+def compressors_for(spec: ArraySpec) -> list:
+    """The bytes->bytes codecs of each chunk: the spec's compression, then crc32c (the
+    last, so that it covers the stored bytes and zarr checks it on every read)."""
     if spec.codec.startswith("zstd-"):
-        return [ZstdCodec(level=int(spec.codec[5:]))]
-    if spec.codec == "blosc-lz4-shuffle":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
-                           typesize=np.dtype(spec.dtype).itemsize)]
-    return None
+        compression = [ZstdCodec(level=int(spec.codec[5:]))]
+    elif spec.codec == "blosc-lz4-shuffle":
+        compression = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
+                                  typesize=np.dtype(spec.dtype).itemsize)]
+    else:
+        compression = []
+    return [*compression, Crc32cCodec()]
 
 
 def chunk_layout(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[tuple, tuple | None]:
@@ -68,4 +73,11 @@ async def write_group(zarr_store, attributes: dict, arrays: dict[str, np.ndarray
         if data.size:
             await array.setitem(Ellipsis, data)
 
-    await asyncio.gather(*(write(name, data) for name, data in arrays.items()))
+    # Every write ends before a failure is raised (none goes on into a discarded attempt);
+    # the failure carries the note `array <name>`.
+    results = await asyncio.gather(*(write(name, data) for name, data in arrays.items()),
+                                   return_exceptions=True)
+    for name, result in zip(arrays, results, strict=True):
+        if isinstance(result, BaseException):
+            result.add_note(f"array {name}")
+            raise result

@@ -12,6 +12,13 @@ Version 2 stores hold no LiDAR points (their teacher read the dataset): a migrat
 gets empty LiDAR tables and `code_version` 0 for its ingest, so that `distillprep ingest`
 rewrites it from the dataset (`--replace-outputs` where it has later stages' outputs,
 which the new content makes stale) and a teacher fit refuses it until then, saying so.
+
+Chunk checksums (crc32c inside every shard, `layout.py`) are not a schema version: the
+stages a migration commits are written anew and carry them, but the arrays of a store
+already at version 3 keep the codecs they were written with and read as before,
+unchecked, until their stage is committed again (`ingest --force`, a teacher render, a
+`features --force`). Migrate does not rewrite them: that would be a new commit of every
+stage of every scene, the whole store read and written again.
 """
 
 from __future__ import annotations

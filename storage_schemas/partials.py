@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import Store
+from .store import Store, remove_or_warn
 
 
 def partial_prefix(root: str, scene_id: str, identity: Mapping[str, Any]) -> str:
@@ -31,8 +31,9 @@ def partial_prefix(root: str, scene_id: str, identity: Mapping[str, Any]) -> str
 
 
 def drop_pieces(store: Store, root: str, scene_id: str) -> None:
-    """Remove every piece kept for a scene under `root` (after its commit)."""
-    store.location.delete(f"{root}/partial/{scene_id}")
+    """Remove every piece kept for a scene under `root` (after its commit: what cannot be
+    removed is a warning naming it, never a failure of the commit)."""
+    remove_or_warn(store, f"{root}/partial/{scene_id}", "the pieces of a committed scene")
 
 
 class Pieces:

@@ -19,8 +19,9 @@ import zarr.api.asynchronous
 from PIL import Image
 from zarr.core.sync import sync
 
-from .errors import SchemaViolationError, StoreReadError
+from .errors import SchemaViolationError
 from .manifest import SAMPLE_ARRAYS
+from .scene_view import read_error
 from .spec import ARRAYS
 from .store import Store, open_store
 
@@ -119,9 +120,8 @@ class SceneReader:
             if isinstance(block, Exception):
                 folder = (f"{self.store.location.location.rstrip('/')}/"
                           f"{self.view.group_path(ARRAYS[name].stage)}/{name}")
-                raise StoreReadError(f"scene {self.scene_id!r}, array {name} ({folder}): "
-                                     f"cannot read samples {start}..{stop - 1}: "
-                                     f"{type(block).__name__}: {block}") from None
+                raise read_error(block, f"scene {self.scene_id!r}, array {name} ({folder}): "
+                                        f"cannot read samples {start}..{stop - 1}") from None
         return {name: np.asarray(data) for (name, _), data in zip(arrays, blocks, strict=True)}
 
     def _named(self, run, coroutine, what: str):
@@ -132,9 +132,9 @@ class SceneReader:
         except (IndexError, TypeError):
             raise
         except Exception as exc:  # noqa: BLE001 - codecs and shard indexes raise anything
-            raise StoreReadError(f"scene {self.scene_id!r} of store "
-                                 f"{self.store.location.location}: cannot read {what}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+            raise read_error(exc, f"scene {self.scene_id!r} of store "
+                                  f"{self.store.location.location}: cannot read {what}"
+                                  ) from None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Samples in order, reading one shard of every array at a time."""

@@ -17,6 +17,7 @@ import zarr
 
 from .attrs import CommitRecord, SceneAttrs, parse_scene_attrs
 from .errors import (
+    ChunkChecksumError,
     MetadataError,
     ReplacedWhileReadingError,
     SceneIncompleteError,
@@ -60,6 +61,15 @@ def current_commits(heads: dict[str, CommitRecord],
     return current, stale
 
 
+def read_error(exc: Exception, where: str) -> StoreReadError:
+    """The named error for stored bytes that did not read or decode, its message `where`
+    then the cause: a checksum mismatch stays a ChunkChecksumError (its cause names the
+    chunk), anything else is a StoreReadError."""
+    if isinstance(exc, ChunkChecksumError):
+        return ChunkChecksumError(f"{where}: {exc}", exc.key, exc.chunk)
+    return StoreReadError(f"{where}: {type(exc).__name__}: {exc}")
+
+
 class CheckedArray:
     """A stored array whose reads turn any failure to read or decode its bytes into a
     StoreReadError naming the scene, the array and its files; everything else (shape,
@@ -84,9 +94,8 @@ class CheckedArray:
         except (IndexError, TypeError):
             raise  # a selection the array does not have: the caller's mistake
         except Exception as exc:  # noqa: BLE001 - codecs and shard indexes raise anything
-            raise StoreReadError(f"scene {self.scene_id!r}, array {self.name} ({self.where}): "
-                                 f"cannot read the stored bytes: {type(exc).__name__}: "
-                                 f"{exc}") from None
+            raise read_error(exc, f"scene {self.scene_id!r}, array {self.name} "
+                                  f"({self.where}): cannot read the stored bytes") from None
         if np.size(data) and not np.any(data):
             self.view.check_still_there(self.stage)
         return data

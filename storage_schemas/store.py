@@ -17,8 +17,11 @@ commits of the same stage started from the same state one wins and the other rai
 superseded more than `SUPERSEDED_GRACE` ago (a reader of the previous version can
 finish), never an attempt that no commit names (another writer's, in progress) unless it
 is older than `ABANDONED_AFTER`. This holds on a local path and on object
-stores (no rename needed). Every shard belongs to one array of one attempt: one writer
-owns it, so zarr's read-modify-write of shards can never race.
+stores (no rename needed). A failed write (a full disk: `StoreIOError`, exit 3) removes
+its own attempt before it raises; a cleanup that cannot remove something (a symbolic
+link, a permission) logs a warning naming it and never fails a commit that landed.
+Every shard belongs to one array of one attempt: one writer owns it, so zarr's
+read-modify-write of shards can never race.
 
 Each commit records the content fingerprint of the commits it was computed from
 (`provenance.inputs`): a stage whose inputs were replaced since is stale and readers do
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -56,6 +60,7 @@ from .attrs import (
 )
 from .backend import TIME_FORMAT, Location, is_temp_name, started_at
 from .errors import (
+    CleanupError,
     CommitConflictError,
     InputsChangedError,
     NotAStoreError,
@@ -77,6 +82,8 @@ it."""
 ABANDONED_AFTER = timedelta(hours=24)
 """An attempt no commit names and older than this was left by a killed writer: no live
 writer takes this long between starting an attempt and committing it."""
+
+log = logging.getLogger(__name__)
 
 
 def package_version() -> str:
@@ -242,7 +249,11 @@ class Store:
         if not won:
             self._discard(prefix, manifest_key)
             raise CommitConflictError(self._lost(where, self.head(scene_id, stage)))
-        self.remove_superseded(scene_id, stage, record)
+        try:  # the commit landed: what its cleanup cannot do is a warning, no failure
+            self.remove_superseded(scene_id, stage, record)
+        except (OSError, StoreError) as exc:
+            log.warning("%s: committed as sequence %d, but the superseded data could not be "
+                        "looked through for removal: %s", where, record.sequence, exc)
         if stage != "ingest":
             now = SceneView(self, scene_id, self.heads(scene_id))
             if stage not in now.commits:
@@ -311,7 +322,16 @@ class Store:
         self._ensure_group(f"scenes/{scene_id}/{stage}")
         group_attrs = (attrs.model_dump(mode="json") if stage == "ingest"
                        else {"scene_id": scene_id, "stage": stage})
-        sync(write_group(self.location.sub(prefix).zarr_store(), group_attrs, arrays))
+        try:
+            sync(write_group(self.location.sub(prefix).zarr_store(), group_attrs, arrays))
+        except (OSError, RuntimeError) as exc:  # a full disk, from Python or from zarrs
+            array = next((n[len("array "):] for n in getattr(exc, "__notes__", [])
+                          if n.startswith("array ")), None)
+            error = self.location.io_error(f"write scene {scene_id!r}, stage {stage}: array",
+                                           f"{prefix}/{array}" if array else prefix, exc)
+            if error is None:
+                raise
+            raise error from exc
         records = {name: ArrayRecord(shape=list(data.shape), dtype=str(data.dtype),
                                      sha256=array_sha256(data),
                                      stored_bytes=self.location.size_under(f"{prefix}/{name}"))
@@ -328,12 +348,14 @@ class Store:
 
     def _discard(self, prefix: str, manifest_key: str) -> None:
         """Remove this writer's own uncommitted attempt (best effort: never masks the
-        error that got us here)."""
-        try:
-            self.location.delete(prefix)
-            self.location.delete(manifest_key)
-        except Exception:  # noqa: BLE001 - a failed cleanup leaves an orphan, no harm
-            pass
+        error that got us here; what stays is removed by a later commit's cleanup once
+        ABANDONED_AFTER has passed)."""
+        for key in (prefix, manifest_key):
+            try:
+                remove_or_warn(self, key, "this writer's failed attempt")
+            except Exception as exc:  # noqa: BLE001 - never masks the error being raised
+                log.warning("store %s: could not remove this writer's failed attempt %s: "
+                            "%s: %s", self.location.location, key, type(exc).__name__, exc)
 
     def commit_records(self, scene_id: str, stage: str, head: CommitRecord,
                        ) -> dict[int, CommitRecord]:
@@ -357,8 +379,8 @@ class Store:
         removed = []
         commits = f"commits/{scene_id}/{stage}"
         for name in self.location.children(commits):  # a commit killed mid-write
-            if is_temp_name(name) and _abandoned(name):
-                self.location.delete(f"{commits}/{name}")
+            if (is_temp_name(name) and _abandoned(name)
+                    and remove_or_warn(self, f"{commits}/{name}", "an abandoned commit")):
                 removed.append(f"{commits}/{name}")
         folder = f"scenes/{scene_id}/{stage}"
         others = [a for a in self.location.children(folder) if a not in (head.attempt,
@@ -377,9 +399,8 @@ class Store:
                 keys = [f"{folder}/{name}"]
                 if not is_temp_name(name):
                     keys.append(f"manifest/{scene_id}/{stage}/{name}.parquet")
-                for key in keys:
-                    self.location.delete(key)
-                    removed.append(key)
+                what = "a superseded attempt" if name in superseded else "an abandoned attempt"
+                removed += [key for key in keys if remove_or_warn(self, key, what)]
         return removed
 
     def delete_scene(self, scene_id: str) -> None:
@@ -397,6 +418,22 @@ class Store:
         if not self.location.exists(f"{path}/zarr.json"):
             meta = {"zarr_format": 3, "node_type": "group", "attributes": {}}
             self.location.put(f"{path}/zarr.json", json.dumps(meta).encode())
+
+
+def remove_or_warn(store: Store, key: str, what: str) -> bool:
+    """Delete `key` (an object or a prefix) as cleanup: True when it is gone; when it
+    cannot be removed (a symbolic link, a permission, an I/O error) a warning naming it
+    is logged and it stays (False)."""
+    try:
+        store.location.delete(key)
+    except CleanupError as exc:  # its message names the store and the key
+        log.warning("%s (%s, left in place)", exc, what)
+        return False
+    except (OSError, StoreError) as exc:
+        log.warning("store %s: could not remove %s %s (left in place): %s",
+                    store.location.location, what, key, exc)
+        return False
+    return True
 
 
 def _abandoned(name: str) -> bool:
@@ -446,8 +483,9 @@ def create_store(location: str | Path, dataset: str, dataset_version: str,
     attrs = StoreAttrs(format=STORE_FORMAT, schema_version=SCHEMA_VERSION, dataset=dataset,
                        dataset_version=dataset_version, package_version=package_version(),
                        created=datetime.now(UTC))
-    group = loc.open_group("", mode="a")
-    group.attrs.update(attrs.model_dump(mode="json"))
+    with loc.io_errors("create", "zarr.json"):  # a full disk: StoreIOError, not a traceback
+        group = loc.open_group("", mode="a")
+        group.attrs.update(attrs.model_dump(mode="json"))
     return Store(loc, attrs)
 
 

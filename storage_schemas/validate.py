@@ -29,7 +29,7 @@ from .manifest import part_from_parquet_bytes
 from .scene_view import SceneView
 from .spec import ARRAYS, STAGE_COMMANDS, infer_dims, optional_arrays, stage_arrays
 from .store import Store, open_store
-from .validate_values import check_values
+from .value_rules import check_block, check_tables
 
 SMALL_TABLES = ("intrinsics", "cam_to_world", "ego_to_world", "timestamp_us",
                 "frame_timestamp_us", "frame_is_keyframe", "camera_index", "frame_index",
@@ -175,8 +175,8 @@ class _Checker:
         tables: dict[str, np.ndarray] = {}
         for stage, record in heads.items():
             self.stage(scene_id, view, stage, record, dims, tables, attrs.num_samples)
-        for rule, array, message in check_values(attrs, tables, dims):
-            self.error(rule, message, scene_id, array)
+        for found in check_tables(tables, dims, len(attrs.cameras), len(attrs.lidars)):
+            self.error(found.rule, found.message, scene_id, found.array)
 
     def stage(self, scene_id, view, stage, record, dims, tables, num_samples) -> None:
         """Check one stage's group, arrays and manifest part; its small tables go into
@@ -307,14 +307,8 @@ class _Checker:
             for start in range(0, max(1, array.shape[0]), max(1, step)):
                 block = np.ascontiguousarray(array[start: start + step])
                 digest.update(block.tobytes())
-                if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
-                    self.error("finite", f"NaN or infinite values in rows "
-                               f"{start}..{start + len(block) - 1}", scene_id, name)
-                if spec.value_range and block.size:
-                    lo, hi = spec.value_range
-                    if block.min() < lo or block.max() > hi:
-                        self.error("value-range", f"values outside [{lo}, {hi}] in rows "
-                                   f"{start}..{start + len(block) - 1}", scene_id, name)
+                for found in check_block(name, block, start):
+                    self.error(found.rule, found.message, scene_id, name)
         except Exception as exc:  # noqa: BLE001 - codec and shard-index errors from zarr
             self.error("unreadable-chunk", f"{prefix}/{name}: cannot read: "
                        f"{type(exc).__name__}: {exc}", scene_id, name)

@@ -15,6 +15,7 @@ import numpy as np
 from bench_commit import bench_stage_commits
 from bench_features import bench_feature_codecs, bench_features, bench_position_denoising
 from bench_flow import bench_flows
+from bench_ingest_checks import bench_ingest_checks
 from bench_loader import bench_loader
 from bench_store import bench_store
 from bench_student import bench_student
@@ -94,6 +95,7 @@ def main() -> None:
         bench_reader(root)
         bench_store(root)
         bench_stage_commits(root)
+        bench_ingest_checks(root)
         files = sorted(root.glob("samples/CAM_*/*.jpg"))  # 24 images across the cameras
         images = np.stack([np.asarray(Image.open(p).convert("RGB"))
                            for p in files[::max(1, len(files) // 24)][:24]])

@@ -4,7 +4,9 @@ both codec pipelines, the footprint of the RGB choice, and codec candidates."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -13,10 +15,10 @@ import numpy as np
 import pyarrow.compute  # noqa: F401  (imported before timing: its first import is slow)
 import zarr
 from PIL import Image
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from distillprep.scenes.nuscenes import read_nuscenes
-from distillprep.storage_schemas import codec_pipeline
+from distillprep.storage_schemas import codec_pipeline, layout
 from distillprep.storage_schemas.ingest import scene_payload
 from distillprep.storage_schemas.reader import SceneReader
 from distillprep.storage_schemas.spec import ARRAYS
@@ -107,13 +109,6 @@ def bench_store(dataset: Path) -> None:
                     else:
                         np.load(npy_dir / f"{scene.scene_id}_{name}.npy")
 
-        def read_arrays(store):  # what the reader reads, shard by shard
-            for scene_id in store.scenes():
-                reader = SceneReader(store, scene_id)  # also reads the small tables
-                step = reader.shard_length()
-                for start in range(0, len(reader), step):
-                    reader.read_block(start, start + step)
-
         # Rounds interleave baseline and candidates, and each keeps its best round: the
         # machine is shared, and drift then hits all of them alike.
         best: dict[str, float] = {}
@@ -128,7 +123,7 @@ def bench_store(dataset: Path) -> None:
                 write = _timed(lambda store=store: _write_all(store, payloads))
                 store = open_store(path)
                 codec_pipeline.use(pipeline)
-                read = _timed(lambda store=store: read_arrays(store))
+                read = _timed(lambda store=store: _read_shards(store))
                 best[f"{pipeline}.write"] = min(best.get(f"{pipeline}.write", np.inf), write)
                 best[f"{pipeline}.read"] = min(best.get(f"{pipeline}.read", np.inf), read)
         npy_bytes = sum(p.stat().st_size for p in npy_dir.iterdir())
@@ -151,10 +146,94 @@ def bench_store(dataset: Path) -> None:
         print(f"store.random_sample_read_ms: {random_read * 1e3:.2f}")
         decode = _timed(lambda: [s for r in readers.values() for s in r]) / samples
         print(f"store.sequential_sample_with_jpeg_decode_ms: {decode * 1e3:.2f}")
+        bench_checksums(payloads, version, tmp)
         _bench_rgb_footprint(payloads, tmp)
         _bench_codecs(payloads, dataset)
         _bench_validator(payloads, version, tmp)
         bench_validate_against_ingest(dataset, tmp)
+
+
+@contextlib.contextmanager
+def _as_before_checksums():
+    """Write and read as the store did before chunks carried a crc32c: the spec's codecs
+    alone, and zarr's own pipelines (the same data, layout and code otherwise)."""
+    compressors_for = layout.compressors_for
+    layout.compressors_for = lambda spec: [
+        c for c in compressors_for(spec) if not isinstance(c, Crc32cCodec)] or None
+    pipelines = dict(codec_pipeline.PIPELINES)
+    codec_pipeline.PIPELINES.update(python="zarr.core.codec_pipeline.BatchedCodecPipeline",
+                                    zarrs="zarrs.ZarrsCodecPipeline")
+    try:
+        yield
+    finally:
+        layout.compressors_for = compressors_for
+        codec_pipeline.PIPELINES.update(pipelines)
+
+
+def bench_checksums(payloads, version, tmp: Path) -> None:
+    """What the chunks' crc32c costs, against the same arrays without it, both pipelines:
+    writing the scenes, reading them shard by shard (a scan, the loader's default
+    blocks), frame by frame (one frame's cameras a read: inside a shard, where this code
+    checks zarrs' chunks itself), and every third sample read and its JPEG decoded (what
+    `read_sample` users and the teacher pay). Ratios > 1: slower with checksums; `_cpu_ratio`
+    lines compare the process's CPU time (all threads), steadier on a busy machine."""
+    def by_frame(store):
+        for scene_id in store.scenes():
+            reader = SceneReader(store, scene_id)
+            cams = len(reader.attrs.cameras)
+            for start in range(0, len(reader), cams):
+                reader.read_block(start, start + cams)
+
+    def by_sample(store):
+        for scene_id in store.scenes():
+            reader = SceneReader(store, scene_id)
+            for index in range(0, len(reader), 3):
+                reader.read(index)
+
+    best: dict[str, float] = {}
+    for round_ in range(3):
+        for pipeline in ("python", "zarrs"):
+            for variant in ("before", "crc32c"):
+                with _as_before_checksums() if variant == "before" else contextlib.nullcontext():
+                    os.environ["DISTILLPREP_CODEC_PIPELINE"] = pipeline
+                    try:
+                        path = tmp / f"crc-{variant}-{pipeline}{round_}.zarr"
+                        store = create_store(path, "nuscenes", version)
+                        times = _wall_and_cpu("write", lambda s=store: _write_all(s, payloads))
+                        store = open_store(path)
+                        times.update(_wall_and_cpu("shard_read", lambda s=store: _read_shards(s)))
+                        times.update(_wall_and_cpu("frame_read", lambda s=store: by_frame(s)))
+                        times.update(_wall_and_cpu("decoded_sample_read",
+                                                   lambda s=store: by_sample(s)))
+                    finally:
+                        del os.environ["DISTILLPREP_CODEC_PIPELINE"]
+                        codec_pipeline.use()
+                for what, seconds in times.items():
+                    key = f"{pipeline}.{what}.{variant}"
+                    best[key] = min(best.get(key, np.inf), seconds)
+    for pipeline in ("python", "zarrs"):
+        for what in ("write", "shard_read", "frame_read", "decoded_sample_read"):
+            for clock in ("", "_cpu"):
+                ratio = (best[f"{pipeline}.{what}{clock}.crc32c"]
+                         / best[f"{pipeline}.{what}{clock}.before"])
+                print(f"store.crc32c.{pipeline}.{what}{clock}_ratio: {ratio:.2f}")
+
+
+def _wall_and_cpu(what: str, fn) -> dict[str, float]:
+    """{what: wall seconds, what_cpu: CPU seconds of the process} of one call of fn()."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return {what: time.perf_counter() - wall, f"{what}_cpu": time.process_time() - cpu}
+
+
+def _read_shards(store) -> None:
+    """Every per-sample array of every scene, shard by shard (what the reader's scan and
+    the loader's default blocks read)."""
+    for scene_id in store.scenes():
+        reader = SceneReader(store, scene_id)
+        step = reader.shard_length()
+        for start in range(0, len(reader), step):
+            reader.read_block(start, start + step)
 
 
 def _bench_rgb_footprint(payloads, tmp: Path) -> None:

@@ -48,6 +48,19 @@ def _garble(path: Path, at: int = 0, length: int = 64) -> None:
     path.write_bytes(bytes(data))
 
 
+def _flip_bit_in_chunk(root: Path, sample: int = 4) -> None:
+    """Flip one bit in the middle of rgb_jpeg's chunk of `sample` (caught by its crc32c;
+    before chunks carried one, most such flips read as an altered image)."""
+    shard = _files(_group(root, "ingest") / "rgb_jpeg")[0]
+    data = bytearray(shard.read_bytes())
+    chunks = json.loads((_group(root, "ingest") / "rgb_jpeg" / "zarr.json").read_text())
+    per_shard = chunks["chunk_grid"]["configuration"]["chunk_shape"][0]
+    index = np.frombuffer(bytes(data[-(16 * per_shard + 4):-4]), "<u8").reshape(-1, 2)
+    offset, length = (int(v) for v in index[sample])
+    data[offset + length // 2] ^= 0x04
+    shard.write_bytes(bytes(data))
+
+
 def _nan_teacher_depth(root: Path) -> None:
     array = zarr.open_array(str(_group(root, "teacher") / "teacher_depth"), mode="r+")
     block = array[2]
@@ -78,6 +91,8 @@ DAMAGES = {
     "garbled-shard-index": (lambda r: _garble(_files(_group(r, "teacher") / "teacher_depth")[0],
                                               -40, 40),
                             True, "unreadable-chunk", "teacher_depth", "teacher_depth"),
+    "flipped-bit-in-chunk": (_flip_bit_in_chunk, True, "unreadable-chunk", "rgb_jpeg",
+                             "chunk (4, 0) does not match its crc32c checksum"),
     "nan-in-teacher-depth": (_nan_teacher_depth, True, "finite", "teacher_depth", None),
     "attempt-deleted": (lambda r: shutil.rmtree(_group(r, "teacher")), False, "missing-data",
                         None, "scenes/scene-0001/teacher"),
