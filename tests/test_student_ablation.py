@@ -87,14 +87,24 @@ def _tiny(seed: int) -> TrainConfig:
 def test_teacher_depth_helps_a_student_on_the_held_out_scene(oracle, tmp_path):
     """The paper's Table 1 direction on a tiny setting (one training scene, 40 steps at a
     high learning rate): with LiDAR alone a student has almost no depth to learn from and
-    renders the held-out scene several times too far (AbsRel 3.5-4.2 over seeds 0-2);
-    the same student with the teacher's dense depth 0.7-1.1."""
+    renders the held-out scene several times too far; the same student with the teacher's
+    dense depth does far better. Single seeds depend on the machine's float kernels (seeds
+    0 / 1, AbsRel LiDAR only vs teacher depth: 3.71 / 4.21 vs 1.08 / 0.72 on an AMD CPU,
+    1.68 / 6.46 vs 1.32 / 1.18 on an Intel one; seeds 2-3 there 3.46 / 1.05 vs 0.78 /
+    0.88), so each seed must only go the paper's way and the 0.6x margin holds for the
+    mean of two."""
     data, store = oracle
-    reports = ablate([str(store.location.location)], tmp_path, _tiny(0), ("scene-0002",), data,
-                     variants=("lidar_only", "teacher_depth"))
-    lidar, teacher = reports["lidar_only"], reports["teacher_depth"]
-    assert teacher["depth_exact_abs_rel"] < 0.6 * lidar["depth_exact_abs_rel"], reports
-    assert teacher["depth_exact_delta_1_25"] > lidar["depth_exact_delta_1_25"], reports
+    means = {"lidar_only": 0.0, "teacher_depth": 0.0}
+    for seed in (0, 1):
+        reports = ablate([str(store.location.location)], tmp_path / f"seed{seed}", _tiny(seed),
+                         ("scene-0002",), data, variants=("lidar_only", "teacher_depth"))
+        lidar, teacher = reports["lidar_only"], reports["teacher_depth"]
+        assert teacher["depth_exact_abs_rel"] < lidar["depth_exact_abs_rel"], (seed, reports)
+        assert teacher["depth_exact_delta_1_25"] > lidar["depth_exact_delta_1_25"], (seed,
+                                                                                     reports)
+        for name in means:
+            means[name] += reports[name]["depth_exact_abs_rel"] / 2
+    assert means["teacher_depth"] < 0.6 * means["lidar_only"], means
 
 
 @pytest.mark.slow
