@@ -14,24 +14,39 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import SceneDataError
+from .errors import SceneDataError, TransientError
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, scene_id: str | None, what: str) -> Iterator[None]:
+    """Turn the OS's failures to read a dataset file into the project's errors naming the
+    scene and the file: missing, a folder, no permission -> SceneDataError (bad data);
+    any other I/O error (EIO, a network file system's hiccup) -> TransientError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SceneDataError(scene_id, path, f"{what} is missing") from None
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        raise SceneDataError(scene_id, path, f"{what} cannot be read: {exc.strerror}"
+                             ) from None
+    except OSError as exc:
+        raise TransientError(f"scene {scene_id!r}, file {path}: cannot read the {what}: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 def check_jpeg_file(path: str, scene_id: str) -> None:
     """Cheap integrity check without decoding: the file exists, is not empty, and has
     JPEG start and end markers (a cut-off download lacks the end marker)."""
-    try:
+    with reading(path, scene_id, "image file"):
         size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise SceneDataError(scene_id, path, "image file is missing") from None
-    if size < 4:
-        raise SceneDataError(scene_id, path, f"image file is {size} bytes long: not a JPEG")
-    with open(path, "rb") as f:
-        start = f.read(2)
-        f.seek(-2, os.SEEK_END)
-        end = f.read(2)
+        if size < 4:
+            raise SceneDataError(scene_id, path, f"image file is {size} bytes long: not a JPEG")
+        with open(path, "rb") as f:
+            start = f.read(2)
+            f.seek(-2, os.SEEK_END)
+            end = f.read(2)
     if start != _JPEG_START:
         raise SceneDataError(scene_id, path, "not a JPEG file (no start-of-image marker)")
     if end != _JPEG_END:
@@ -61,10 +76,8 @@ def read_pcd_bin(path: str, scene_id: str, values_per_point: int = 5,
                  ) -> tuple[np.ndarray, np.ndarray]:
     """nuScenes `.pcd.bin`: float32 records of `values_per_point` values (x, y, z,
     intensity, ring); returns points (N, 3) sensor frame and intensity (N,)."""
-    try:
+    with reading(path, scene_id, "LiDAR file"):
         raw = np.fromfile(path, dtype=np.float32)
-    except FileNotFoundError:
-        raise SceneDataError(scene_id, path, "LiDAR file is missing") from None
     if raw.size == 0:
         raise SceneDataError(scene_id, path, "LiDAR file is empty")
     if raw.size % values_per_point:
@@ -78,10 +91,8 @@ def read_pcd_bin(path: str, scene_id: str, values_per_point: int = 5,
 
 def check_pcd_bin_file(path: str, scene_id: str, values_per_point: int = 5) -> None:
     """Cheap check without reading: exists, not empty, size a whole number of points."""
-    try:
+    with reading(path, scene_id, "LiDAR file"):
         size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise SceneDataError(scene_id, path, "LiDAR file is missing") from None
     if size == 0:
         raise SceneDataError(scene_id, path, "LiDAR file is empty")
     if size % (4 * values_per_point):

@@ -90,7 +90,9 @@ class CameraSample:
         """The image's JPEG bytes, as the dataset stores them."""
         if self.jpeg is not None:
             return self.jpeg()
-        with open(self.source_file, "rb") as f:
+        from .io import reading
+
+        with reading(self.source_file, None, "image file"), open(self.source_file, "rb") as f:
             return f.read()
 
     def load_sky(self) -> np.ndarray | None:

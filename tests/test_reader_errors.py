@@ -198,3 +198,16 @@ def test_two_scenes_of_one_name_are_refused_naming_both(dataset_copy):
     assert scenes[0]["token"] in message and scenes[1]["token"] in message
     read = read_nuscenes(dataset_copy, skip_bad=True)  # reported, never one silently lost
     assert read.scenes == [] and [f.scene for f in read.failures] == ["scene-0001"]
+
+
+def test_a_sensor_path_that_is_a_folder_is_a_named_error(tmp_path):
+    """The OS's own refusals (a folder where a file should be) name the scene and the
+    file, for LiDAR and images alike, instead of escaping as IsADirectoryError."""
+    from distillprep.scenes.errors import SceneDataError
+    from distillprep.scenes.io import check_jpeg_file, read_pcd_bin
+
+    folder = tmp_path / "LIDAR_TOP.pcd.bin"
+    folder.mkdir()
+    for check in (read_pcd_bin, check_jpeg_file):
+        with pytest.raises(SceneDataError, match=r"scene 'scene-0001'.*cannot be read"):
+            check(str(folder), "scene-0001")
