@@ -341,3 +341,21 @@ def test_loader_check_streams_one_epoch_and_reports(store, tmp_path, capsys):
     assert main(["loader-check", str(tmp_path / "bare.zarr"), "--arrays",
                  "teacher_depth"]) == 1
     assert "array teacher_depth" in capsys.readouterr().err
+
+
+def test_a_selection_of_no_frame_is_an_error_naming_the_filter(store, capsys):
+    """An empty loader would let `train` spin and `eval` score nothing: a filter that
+    admits no frame is refused at the start, naming what left the frames out."""
+    from distillprep.flows.cli import main
+
+    with pytest.raises(LoaderError, match=r"teacher PSNR below 1000.*loosen the filter"):
+        StoreDataset(store, LoaderConfig(fields=("intrinsics",), min_teacher_psnr=1000.0))
+    with pytest.raises(LoaderError, match=r"split 'val' \(val scenes \[\]\) leaves none"):
+        StoreDataset(store, LoaderConfig(fields=("intrinsics",), split="val", val_scenes=()))
+    assert main(["loader-check", store, "--min-teacher-psnr", "1000"]) == 1
+    assert "no frame to serve" in capsys.readouterr().err
+
+
+def test_a_store_listed_twice_is_refused(store):
+    with pytest.raises(LoaderConfigError, match="listed more than once"):
+        StoreDataset([store, store], LoaderConfig(fields=("intrinsics",)))

@@ -178,6 +178,10 @@ def build_plan(stores: list[str | Store], config: LoaderConfig,
               for s in stores]
     if not opened:
         raise LoaderConfigError("no store given to read")
+    listed = Counter(s.location.location for s in opened)
+    if any(n > 1 for n in listed.values()):
+        raise LoaderConfigError(f"store(s) {sorted(k for k, n in listed.items() if n > 1)} "
+                                "listed more than once: each frame would be served twice")
     excluded: Counter = Counter()
     blocks: list[tuple[FrameRef, ...]] = []
     cameras: tuple[str, ...] | None = None
@@ -217,6 +221,8 @@ def build_plan(stores: list[str | Store], config: LoaderConfig,
     if wanted is not None and wanted - found:
         raise LoaderError(f"scene(s) {sorted(wanted - found)} are in none of the stores "
                           f"{[s.location.location for s in opened]}")
+    if not blocks:
+        raise LoaderError(_nothing_selected(opened, config, found, excluded))
     slots = 0
     if config.virtual_fields():
         most = max((len(v) for b in blocks for f in b for v in f.views), default=0)
@@ -228,6 +234,24 @@ def build_plan(stores: list[str | Store], config: LoaderConfig,
                 storage_options=dict(storage_options or {}), config=config,
                 blocks=tuple(blocks), cameras=cameras or (), excluded=dict(excluded),
                 virtual_slots=slots, commits=commits, fingerprint=fingerprint)
+
+
+def _nothing_selected(opened: list[Store], config: LoaderConfig, found: set[str],
+                      excluded: Counter) -> str:
+    """Why a plan holds no frame: the stores, the split and what the filters left out (an
+    empty loader would let training spin and evaluation score nothing)."""
+    stores = [s.location.location for s in opened]
+    if not found:
+        return f"no frame to serve: the stores {stores} hold no scene"
+    split = f"split {config.split!r}"
+    if config.split != "all":
+        split += (f" (val scenes {list(config.val_scenes)})" if config.val_scenes is not None
+                  else f" (val fraction {config.val_fraction:g})")
+    left = "; ".join(f"{n} frame(s): {why}" for why, n in excluded.items())
+    return (f"no frame to serve from the stores {stores}: of the scenes "
+            f"{sorted(found)}, {split} leaves "
+            + (f"frames that the filters all leave out ({left})" if left else "none")
+            + "; loosen the filter or name other scenes")
 
 
 # Image-like arrays the loader resamples to LoaderConfig.resize (their shapes then agree).
